@@ -32,6 +32,8 @@ FRACTION_METRICS = ("acc", "acc_norm", "mcc", "f1", "pearson", "spearman", "exac
 PRIMARY_METRICS = ("acc", "mcc", "pearson", "f1", "acc_norm", "exact_match")
 # A task of this name carries a reported average (published numbers), not a task of its own.
 REPORTED_AVERAGE = "avg"
+# The seed of a published row: a paper's mean over its own seeds, not one of our runs.
+PUBLISHED_SEED = "published"
 
 
 @dataclass(frozen=True)
@@ -183,12 +185,18 @@ def task_metrics(results: pd.DataFrame) -> dict[str, str]:
 
 
 def seed_values(results: pd.DataFrame, metrics: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One value per (backbone, regime, method, task, seed) in points, its task's metric only."""
+    """One value per (backbone, regime, method, task, seed) in points, its task's metric only.
+
+    A `value_std` column (numbers typed from a paper, one row per published mean) comes along.
+    """
     metrics = dict(metrics or task_metrics(results))
     chosen = results[results["metric"] == results["task"].map(metrics)].copy()
-    chosen["value"] = chosen["value"].astype(float) * np.where(chosen["metric"].isin(FRACTION_METRICS), 100.0, 1.0)
+    to_points = np.where(chosen["metric"].isin(FRACTION_METRICS), 100.0, 1.0)
+    spread = ["value_std"] if "value_std" in chosen else []  # published rows: the paper's own std
+    for column in ["value"] + spread:
+        chosen[column] = chosen[column].astype(float) * to_points
     keys = BLOCK + ["method", "task", "seed"]
-    return chosen.groupby(keys, as_index=False, dropna=False)["value"].mean()
+    return chosen.groupby(keys, as_index=False, dropna=False)[["value"] + spread].mean()
 
 
 def paired_seeds(values: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:

@@ -1,0 +1,245 @@
+"""The main comparison table, built from a results frame and rendered as md, html, tex or csv.
+
+One block per backbone × regime; a row per method (with the hyperparameters that tell its rows
+apart); a column per task and their average. A cell is "mean ± std" over seeds with n, the best
+mean in a column is bold, and an arrow marks a significant difference from the baseline method
+after Holm–Bonferroni. Cost sits beside accuracy: trainable parameters, and tokens/s and peak
+memory relative to the baseline (LoRA by default).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipeline import stats
+from pipeline.stats import ALPHA, BLOCK, PUBLISHED_SEED, REPORTED_AVERAGE
+
+AVERAGE = "Average"
+UP, DOWN = "↑", "↓"
+FORMATS = ("md", "html", "tex", "csv")
+
+
+@dataclass
+class Block:
+    """One backbone × regime: `cells` has one row per (row, column) with numbers and marks."""
+
+    backbone: str
+    regime: str
+    columns: list[str]
+    cells: pd.DataFrame  # row, column, mean, std, n, published, best, mark, test
+    cost: pd.DataFrame  # index row: params, tokens_per_s (÷ baseline), peak_mem (÷ baseline)
+
+
+@dataclass
+class ComparisonTable:
+    baseline: str
+    blocks: list[Block]
+    legend: list[str] = field(default_factory=list)
+    average_tests: pd.DataFrame | None = None  # stats.across_tasks, for the report's detail
+
+
+def default_baseline(methods: list[str]) -> str:
+    """LoRA when it ran, else the first method named."""
+    return next((m for m in methods if m == "lora"), next((m for m in methods if m.startswith("lora")), methods[0]))
+
+
+def row_labels(results: pd.DataFrame) -> pd.Series:
+    """Method names, plus the hyperparameters whose values differ between rows (e.g. r=16)."""
+    if "hparams" not in results:
+        return results["method"]
+    hparams = results["hparams"].map(lambda h: json.loads(h) if isinstance(h, str) else (h or {}))
+    seen: dict[str, set] = {}
+    for h in hparams:
+        for key, value in h.items():
+            seen.setdefault(key, set()).add(json.dumps(value))
+    differing = [k for k, values in seen.items() if len(values) > 1]
+    suffix = hparams.map(lambda h: ", ".join(f"{k}={h[k]}" for k in differing if k in h))
+    return results["method"] + suffix.map(lambda s: f" ({s})" if s else "")
+
+
+def _cell_tests(values: pd.DataFrame, items: pd.DataFrame | None, baseline: str, alpha: float) -> pd.DataFrame:
+    """Per (block, row, task): the test behind the cell's mark, Holm–Bonferroni within each block.
+
+    A paired t-test over seeds when there are two or more; with one seed, exact McNemar on the
+    items when per-item results exist.
+    """
+    rows = []
+    for method in values["method"].unique():
+        if method == baseline:
+            continue
+        per_task = stats.per_task(values, method, baseline)
+        mcnemar = {}
+        if items is not None:
+            per_item = stats.per_item(items, method, baseline)
+            mcnemar = {tuple(r[c] for c in BLOCK + ["task"]): r["mcnemar"] for _, r in per_item.iterrows()}
+        for _, r in per_task.iterrows():
+            key = tuple(r[c] for c in BLOCK + ["task"])
+            test = r["t_test"] if r["n_seeds"] >= 2 else mcnemar.get(key, stats.NOT_TESTED)
+            rows.append(dict(zip(BLOCK + ["task"], key), method=method, diff=r["diff"], test=test))
+    tests = pd.DataFrame(rows, columns=BLOCK + ["task", "method", "diff", "test"])
+    parts = [block.assign(test=stats.holm(list(block["test"]), alpha)) for _, block in tests.groupby(BLOCK)]
+    return pd.concat(parts, ignore_index=True) if parts else tests
+
+
+def _mark(diff: float, test: stats.Significance | None, alpha: float) -> str:
+    if test is None or not test.significant(alpha):
+        return ""
+    return UP if diff > 0 else DOWN
+
+
+def _cost(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Mean cost per row over its runs; throughput and memory as ratios to the baseline's."""
+    runs = results.groupby(["method", "run_key"])[["trainable_params", "trainable_pct", "tokens_per_s", "peak_mem_mb"]].first()
+    cost = runs.groupby("method").mean()
+    for column in ("tokens_per_s", "peak_mem_mb"):
+        base = cost[column].get(baseline, math.nan)
+        cost[column] = cost[column] / base
+    return cost
+
+
+def comparison_table(
+    results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: str | None = None, alpha: float = ALPHA
+) -> ComparisonTable:
+    """Build every block of the table; significance against `baseline` (default LoRA)."""
+    results = results.assign(method=row_labels(results))
+    if items is not None:
+        labels = results.drop_duplicates("run_key").set_index("run_key")["method"]
+        items = items.assign(method=items["run_key"].map(labels).fillna(items["method"]))
+    methods = list(dict.fromkeys(results["method"]))
+    baseline = baseline if baseline in methods else default_baseline(methods)
+    values = stats.seed_values(results)
+    order = {name: i for i, name in enumerate([*methods, *dict.fromkeys(results["task"])])}
+    values = values.sort_values(["method", "task"], key=lambda column: column.map(order), kind="stable")
+    cell_tests = _cell_tests(values, items, baseline, alpha)
+    average_tests = stats.across_tasks(values, baseline, items=items, alpha=alpha)
+    blocks = []
+    for (backbone, regime), block_values in values.groupby(BLOCK, sort=False):
+        block_results = results[(results["backbone"] == backbone) & (results["regime"] == regime)]
+        blocks.append(_block(backbone, regime, block_values, block_results, cell_tests, average_tests, baseline, alpha))
+    legend = [
+        "Cells: mean ± std over seeds (n = seeds); † = published mean (± its published std), not a run of ours. Points for fraction metrics.",
+        f"Bold: best mean in the column. {UP}/{DOWN}: significantly above/below {baseline} at α = {alpha} after Holm–Bonferroni.",
+        "Task columns: paired t-test over seeds (exact McNemar on items when one seed); family = one block's cells.",
+        "Average: paired t-test over per-task means (seed 001 protocol); family = every method × block of this report.",
+        f"Params: trainable parameters (% of backbone). tok/s and mem: ratio to {baseline} (tok/s > 1 faster, mem < 1 leaner).",
+    ]
+    return ComparisonTable(baseline, blocks, legend, average_tests)
+
+
+def _block(backbone, regime, values, results, cell_tests, average_tests, baseline, alpha) -> Block:
+    tasks = [t for t in dict.fromkeys(values["task"]) if t != REPORTED_AVERAGE]
+    cells = []
+    for method, rows in values.groupby("method", sort=False):
+        for task, seeds in rows.groupby("task", sort=False):
+            if task == REPORTED_AVERAGE and tasks:
+                continue  # a published average next to its tasks: the table computes its own
+            test = cell_tests[(cell_tests["backbone"] == backbone) & (cell_tests["regime"] == regime)
+                              & (cell_tests["method"] == method) & (cell_tests["task"] == task)]
+            cells.append(_cell(method, task, seeds, test.iloc[0] if len(test) else None, alpha))
+        if tasks:  # Average: each seed's mean over all tasks, then mean ± std over seeds
+            complete = rows[rows["task"].isin(tasks)].groupby("seed").filter(lambda s: s["task"].nunique() == len(tasks))
+            per_seed = complete.groupby("seed", as_index=False)["value"].mean()
+            test = average_tests[(average_tests["backbone"] == backbone) & (average_tests["regime"] == regime)
+                                 & (average_tests["method"] == method)]
+            cells.append(_cell(method, AVERAGE, per_seed, test.iloc[0] if len(test) else None, alpha))
+    cells = pd.DataFrame(cells)
+    cells["best"] = cells["mean"] == cells.groupby("column")["mean"].transform("max")
+    columns = tasks + [AVERAGE] if tasks else [REPORTED_AVERAGE]
+    return Block(backbone, regime, columns, cells, _cost(results, baseline))
+
+
+def _cell(method: str, column: str, seeds: pd.DataFrame, test, alpha: float) -> dict:
+    published = bool((seeds["seed"] == PUBLISHED_SEED).all())
+    reported_std = seeds["value_std"].iloc[0] if published and "value_std" in seeds else math.nan
+    return dict(
+        row=method,
+        column=column,
+        mean=seeds["value"].mean(),
+        std=reported_std if published else seeds["value"].std(ddof=1),
+        n=len(seeds),
+        published=published,
+        mark=_mark(test["diff"], test["test"], alpha) if test is not None else "",
+        test=test["test"] if test is not None else None,
+    )
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+
+def _cell_text(cell, fmt: str) -> str:
+    spread = "" if np.isnan(cell["std"]) else f" ± {cell['std']:.2f}"
+    n = "†" if cell["published"] else f" (n={cell['n']})"
+    text = f"{cell['mean']:.2f}{spread}{n}{cell['mark']}"
+    if fmt == "tex":
+        text = text.replace("±", r"$\pm$").replace(UP, r"$\uparrow$").replace(DOWN, r"$\downarrow$").replace("†", r"$^\dagger$")
+        return rf"\textbf{{{text}}}" if cell["best"] else text
+    if fmt == "html":
+        text = html.escape(text)
+        return f"<b>{text}</b>" if cell["best"] else text
+    return f"**{text}**" if cell["best"] else text
+
+
+def _cost_text(cost: pd.Series) -> dict[str, str]:
+    params = cost.get("trainable_params", math.nan)
+    pct = cost.get("trainable_pct", math.nan)
+    shown = "" if math.isnan(params) else f"{params / 1e6:.2f}M"
+    if not math.isnan(pct):
+        shown = f"{shown} ({pct:.2f}%)".strip()
+    ratio = lambda x: "" if math.isnan(x) else f"{x:.2f}×"  # noqa: E731
+    return {"Params": shown, "tok/s": ratio(cost.get("tokens_per_s", math.nan)), "mem": ratio(cost.get("peak_mem_mb", math.nan))}
+
+
+def block_frame(block: Block, fmt: str) -> pd.DataFrame:
+    """The block as displayed: a row per method, a text cell per column, then its cost."""
+    shown = []
+    for row, cells in block.cells.groupby("row", sort=False):
+        by_column = {c["column"]: _cell_text(c, fmt) for _, c in cells.iterrows()}
+        cost = block.cost.loc[row] if row in block.cost.index else pd.Series(dtype=float)
+        shown.append({"Method": row, **{c: by_column.get(c, "") for c in block.columns}, **_cost_text(cost)})
+    frame = pd.DataFrame(shown)
+    return frame.loc[:, (frame != "").any(axis=0)]  # no empty cost columns for published tables
+
+
+def _tex_escape(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("×", r"$\times$")
+
+
+def render(table: ComparisonTable, fmt: str) -> str:
+    """The whole table in one format; csv is tidy (one row per cell) for further analysis."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        frames = [b.cells.assign(backbone=b.backbone, regime=b.regime) for b in table.blocks]
+        tidy = pd.concat(frames, ignore_index=True)
+        tidy["p"] = tidy["test"].map(lambda t: t.p if t is not None else math.nan)
+        tidy["test_name"] = tidy["test"].map(lambda t: t.test if t is not None else "")
+        tidy["correction"] = tidy["test"].map(lambda t: t.correction if t is not None else "")
+        tidy["baseline"] = table.baseline
+        return tidy.drop(columns="test").to_csv(index=False)
+    parts = []
+    for block in table.blocks:
+        title = f"{block.backbone} · {block.regime}"
+        frame = block_frame(block, fmt)
+        if fmt == "md":
+            parts.append(f"### {title}\n\n{frame.to_markdown(index=False)}\n")
+        elif fmt == "html":
+            body = frame.map(lambda s: s if s.startswith("<b>") else html.escape(s)).to_html(index=False, escape=False)
+            parts.append(f"<h3>{html.escape(title)}</h3>\n{body}")
+        else:
+            frame = frame.map(lambda s: s if "$" in s or s.startswith("\\") else _tex_escape(s))
+            frame.columns = [_tex_escape(c) for c in frame.columns]
+            parts.append(f"% {title}\n" + frame.to_latex(index=False, escape=False, caption=_tex_escape(title)))
+    legend = table.legend
+    if fmt == "md":
+        parts.append("\n".join(f"- {line}" for line in legend))
+    elif fmt == "html":
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in legend) + "</ul>")
+    else:
+        parts.append("\n".join(f"% {line}" for line in legend))
+    return "\n".join(parts) + "\n"
