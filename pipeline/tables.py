@@ -243,3 +243,71 @@ def render(table: ComparisonTable, fmt: str) -> str:
     else:
         parts.append("\n".join(f"% {line}" for line in legend))
     return "\n".join(parts) + "\n"
+
+
+# ---- the report -----------------------------------------------------------------------------
+
+
+def _detail_frame(table: ComparisonTable) -> pd.DataFrame:
+    """Average gain of every method over the baseline, with its CI and the test behind it."""
+    tests = table.average_tests
+    return pd.DataFrame(
+        {
+            "Backbone · regime": tests["backbone"] + " · " + tests["regime"],
+            "Method": tests["method"],
+            f"Δ vs {table.baseline} (points)": tests["diff"].map(lambda d: f"{d:+.2f}"),
+            "95% CI": tests["ci"].map(lambda ci: f"[{ci.low:+.2f}, {ci.high:+.2f}] {ci.method}" if ci else "—"),
+            "p": tests["test"].map(lambda t: f"{t.p:.3g}"),
+            "Test (n)": tests["test"].map(lambda t: f"{t.test} (n={t.n})"),
+            "Correction": tests["test"].map(lambda t: t.correction),
+        }
+    )
+
+
+def _verdict_frame(verdicts: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Claim": verdicts["statement"],
+            "Measured on": verdicts["backbone"] + " · " + verdicts["regime"],
+            "Verdict": verdicts["verdict"],
+            "Evidence": verdicts["why"],
+            "Scale": verdicts["scale"].fillna("") + " " + verdicts["note"].fillna(""),
+        }
+    )
+
+
+def _section(title: str, frame: pd.DataFrame, fmt: str) -> str:
+    if fmt == "md":
+        return f"## {title}\n\n{frame.to_markdown(index=False)}\n"
+    if fmt == "html":
+        return f"<h2>{html.escape(title)}</h2>\n{frame.to_html(index=False)}"
+    frame = frame.map(lambda s: _tex_escape(str(s)))
+    frame.columns = [_tex_escape(c) for c in frame.columns]
+    return f"% {title}\n" + frame.to_latex(index=False, escape=False, caption=_tex_escape(title))
+
+
+def render_report(
+    results: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    fmt: str = "md",
+    baseline: str | None = None,
+    claims=None,
+    alpha: float = ALPHA,
+) -> str:
+    """The comparison report of a sweep: the table, the average gains in detail, the claims.
+
+    `claims` is a claims file (path or `pipeline.claims.ClaimsFile`) or None. csv gives the
+    tidy cells only (one row per table cell, with p, test and correction), for further analysis.
+    """
+    from pipeline import claims as claims_check
+
+    table = comparison_table(results, items, baseline, alpha)
+    if fmt == "csv":
+        return render(table, fmt)
+    parts = [render(table, fmt)]
+    if table.average_tests is not None and len(table.average_tests):
+        parts.append(_section(f"Average gain over {table.baseline}", _detail_frame(table), fmt))
+    if claims is not None:
+        verdicts = claims_check.check(results, claims, items=items)  # at the claims file's own α
+        parts.append(_section("Claims", _verdict_frame(verdicts), fmt))
+    return "\n".join(parts)
