@@ -120,8 +120,8 @@ def check(
 ) -> pd.DataFrame:
     """One verdict per (claim, measured backbone × regime that ran both methods).
 
-    A claim is tested on the blocks of its own backbone when those were measured, else on every
-    block (the scale line says so). The test is `stats.average_difference` (seed 001's protocol);
+    A claim is tested on the blocks of its own backbone (and regime) when those were measured, else
+    on every block (the scale line says so). The test is `stats.average_difference` (seed 001's protocol);
     Holm–Bonferroni runs over the distinct comparisons of the whole claims file.
     """
     claims = claims if isinstance(claims, ClaimsFile) else load(claims)
@@ -132,6 +132,7 @@ def check(
     for claim in claims.claims:
         blocks = values.groupby(BLOCK)
         own = [k for k in blocks.groups if k[0] == claim.scale.backbone]
+        own = [k for k in own if k[1] == claim.scale.regime] or own
         for backbone, regime in own or list(blocks.groups):
             block = blocks.get_group((backbone, regime))
             method = next((m for m in claim.method if m in set(block["method"])), None)
@@ -167,7 +168,8 @@ def check(
         low, high, relative = claim.claimed()
         unit = "relative" if relative else "points"
         claimed = f"{low:+.3g} to {high:+.3g}" if not math.isinf(high) else f"≥ {low:+.3g}"
-        why = (f"measured {measured:+.3g} {unit} (CI {ci[0]:+.3g} to {ci[1]:+.3g}) vs claimed {claimed} {unit}; "
+        interval = f"CI {ci[0]:+.3g} to {ci[1]:+.3g}, {result.ci.method}" if result.ci else "no CI"
+        why = (f"measured {measured:+.3g} {unit} ({interval}) vs claimed {claimed} {unit}; "
                f"direction {direction}, size {size}; {test}")
         out.append({k: row[k] for k in ("claim", "statement", "backbone", "regime", "method", "baseline")}
                    | dict(verdict=verdict, why=why, scale=row["scale"], note=claim.note, measured=measured,

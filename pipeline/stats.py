@@ -276,7 +276,8 @@ def average_difference(
     `pairs` comes from `paired_seeds` for one backbone × regime. With two or more tasks the test is
     a paired t-test over the per-task means (seed 001, App. B.2); with one task it falls back to a
     paired t-test over seeds, and with one seed to exact McNemar on the items. The CI resamples
-    items within tasks when every task has per-item results, else seeds within tasks.
+    items within tasks when every task has per-item results, else seeds within tasks; with one
+    seed and no items it is the t-test's own interval over the per-task differences.
     """
     by_task = pairs.groupby("task")[["value_a", "value_b"]].mean()
     tasks = tuple(by_task.index)
@@ -299,6 +300,9 @@ def average_difference(
         per_seed = pairs["value_a"] - pairs["value_b"]
         ci = stratified_bootstrap_ci({t: d.to_numpy() for t, d in per_seed.groupby(pairs["task"])}, seed=seed)
         ci = replace(ci, method=f"{ci.method}, seeds resampled (n={n_seeds}; coarse)")
+    elif len(tasks) >= 2:  # one seed, no items: the interval of the t-test itself, tasks as the sample
+        low, high = stats.ttest_rel(by_task["value_a"], by_task["value_b"]).confidence_interval(0.95)
+        ci = Interval(float(low), float(high), 0.95, "t interval over per-task means")
     else:
         ci = None
     return AverageDifference(diff, test, ci, tasks, n_seeds)
