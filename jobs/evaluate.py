@@ -28,17 +28,17 @@ def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, lim
         name: {key.split(",")[0]: float(value) for key, value in out["results"][name].items() if key.split(",")[0] in ("acc", "acc_norm")}
         for name in tasks
     }
-    samples = {name: [_item(s) for s in out["samples"][name]] for name in tasks}
+    samples = {name: [_item(task, s) for s in out["samples"][name]] for name, task in tasks.items()}
     raw = {k: out[k] for k in ("results", "versions", "n-samples", "configs") if k in out}
     return EvalResult(metrics, samples, raw)
 
 
-def _item(sample: dict) -> dict:
+def _item(task, sample: dict) -> dict:
     """One scored item, small enough to keep for every cell."""
     logliks = [float(r[0]) for r in sample["filtered_resps"]]
     return {
         "doc_id": int(sample["doc_id"]),
-        "gold": sample["target"],
+        "gold": task_registry.gold_index(task, sample["doc"]),
         "pred": max(range(len(logliks)), key=logliks.__getitem__),
         "acc": float(sample["acc"]),
         **({"acc_norm": float(sample["acc_norm"])} if "acc_norm" in sample else {}),

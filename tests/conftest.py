@@ -1,0 +1,57 @@
+"""Shared fixtures: a throwaway MLflow store per test, the shared benchmark data, tiny sweeps."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    from jobs import tasks
+
+    path = tasks.data_dir()
+    assert path is not None, "tests need the benchmark data: set PEFTBENCH_DATA or put shared/ beside the repo"
+    return path
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write a sweep file from YAML text and return its path."""
+
+    def write(text: str, name: str = "sweep.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+TINY_SWEEP = """
+name: tiny
+backbones: [tiny-llama]
+methods:
+  - name: none
+  - name: lora
+    hparams: {r: 4}
+tasks: [arc_easy]
+regimes:
+  - name: cs-32
+    tasks: [arc_easy, openbookqa]
+    n_examples: 32
+seeds: [1]
+train: {lr: 1.0e-3, micro_batch_size: 4, max_steps: 6, max_seq_len: 128}
+eval: {limit: 16, batch_size: 8}
+"""

@@ -1,0 +1,58 @@
+"""A whole sweep through a real local Ray and a real SQLite MLflow store, then a rerun."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from pipeline import spec, track
+from pipeline.__main__ import main
+from tests.conftest import TINY_SWEEP
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_uri, local_ray, capsys):
+    path = write_spec(TINY_SWEEP)
+    cells = spec.expand(spec.load(path))
+    assert main(["run", str(path), "--tracking-uri", tracking_uri]) == 0
+    table = capsys.readouterr().out
+    assert "| none" in table and "| lora" in table and "arc_easy" in table
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    parents = client.search_runs([experiment], f"tags.`{track.KIND}` = 'sweep'")
+    children = track.cell_runs(tracking_uri, "tiny", status=None)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == len(cells) == 2
+    assert {c.data.tags["run_key"] for c in children} == {c.run_key for c in cells}
+
+    by_method = {c.data.params["method"]: c for c in children}
+    for method, run in by_method.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert 0.0 <= run.data.metrics["arc_easy/acc"] <= 1.0
+        samples = client.download_artifacts(run.info.run_id, "eval/samples_arc_easy.jsonl")
+        items = [json.loads(line) for line in open(samples)]
+        assert len(items) == 16
+        assert run.data.metrics["arc_easy/acc"] == pytest.approx(sum(i["acc"] for i in items) / 16)
+    lora = by_method["lora"]
+    assert lora.data.metrics["params/trainable"] > 0 and by_method["none"].data.metrics["params/trainable"] == 0
+    assert len(client.get_metric_history(lora.info.run_id, "train/loss")) == 6
+    assert lora.data.metrics["train/tokens_per_s"] > 0 and lora.data.metrics["train/peak_mem_mb"] > 0
+    assert lora.data.params["hparams.r"] == "4"
+    assert {a.path for a in client.list_artifacts(lora.info.run_id, "adapter")} >= {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"comparison.md", "comparison.html", "sweep.yaml"}
+
+    # A rerun finds every cell FINISHED: nothing runs again, no duplicate runs.
+    assert main(["run", str(path), "--tracking-uri", tracking_uri]) == 0
+    assert "2 already finished, 0 to run" in capsys.readouterr().err
+    assert len(track.cell_runs(tracking_uri, "tiny", status=None)) == 2

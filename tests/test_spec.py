@@ -1,0 +1,77 @@
+"""Sweep files: expansion into cells, run_key stability, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import spec
+from pipeline.__main__ import main
+from tests.conftest import TINY_SWEEP
+
+
+def test_expansion_is_the_full_product(write_spec):
+    sweep = spec.load(write_spec(TINY_SWEEP.replace("seeds: [1]", "seeds: [1, 2, 3]")))
+    cells = spec.expand(sweep)
+    assert len(cells) == 1 * 2 * 1 * 3  # backbones × methods × regimes × seeds
+    assert {(c.label, c.seed) for c in cells} == {(m, s) for m in ("none", "lora") for s in (1, 2, 3)}
+    assert len({c.run_key for c in cells}) == len(cells)
+
+
+def test_run_key_is_stable_and_tracks_what_changes_the_result(write_spec):
+    first = spec.expand(spec.load(write_spec(TINY_SWEEP)))
+    again = spec.expand(spec.load(write_spec(TINY_SWEEP, "again.yaml")))
+    assert [c.run_key for c in first] == [c.run_key for c in again]
+
+    other_rank = spec.expand(spec.load(write_spec(TINY_SWEEP.replace("{r: 4}", "{r: 8}"), "r8.yaml")))
+    assert first[0].run_key == other_rank[0].run_key  # `none` is untouched
+    assert first[1].run_key != other_rank[1].run_key  # lora's rank changed
+
+    renamed = spec.expand(spec.load(write_spec(TINY_SWEEP.replace("name: tiny", "name: other") + "resources: {cpus: 2}\n", "o.yaml")))
+    assert [c.run_key for c in first] == [c.run_key for c in renamed]  # where and under which sweep: same result
+
+
+def test_method_training_overrides_apply_to_that_method_only(write_spec):
+    text = TINY_SWEEP.replace("hparams: {r: 4}", "hparams: {r: 4}\n    train: {lr: 5.0e-2}")
+    none, lora = spec.expand(spec.load(write_spec(text)))
+    assert (none.train.lr, lora.train.lr) == (1e-3, 5e-2)
+
+
+BAD = {
+    "malformed YAML": ("name: [unclosed", "malformed YAML"),
+    "unknown key": (TINY_SWEEP + "colour: blue\n", "colour: Extra inputs are not permitted"),
+    "unknown method": (TINY_SWEEP.replace("name: lora", "name: lorax"), "unknown method 'lorax'"),
+    "unknown hyperparameter": (TINY_SWEEP.replace("{r: 4}", "{rank: 4}"), "has no hyperparameter 'rank'"),
+    "non-positive lr": (TINY_SWEEP.replace("lr: 1.0e-3", "lr: 0"), "train.lr: Input should be greater than 0"),
+    "non-positive steps": (TINY_SWEEP.replace("max_steps: 6", "max_steps: -1"), "train.max_steps"),
+    "unknown task": (TINY_SWEEP.replace("tasks: [arc_easy]", "tasks: [arc_medium]"), "unknown task 'arc_medium'"),
+    "train-less task": (TINY_SWEEP.replace("tasks: [arc_easy, openbookqa]", "tasks: [piqa]"), "'piqa' has no train split"),
+    "unknown backbone": (TINY_SWEEP.replace("[tiny-llama]", "[gpt-17]"), "unknown backbone 'gpt-17'"),
+    "duplicate seeds": (TINY_SWEEP.replace("seeds: [1]", "seeds: [1, 1]"), "duplicate entries: 1"),
+    "duplicate methods": (TINY_SWEEP.replace("- name: none", "- name: lora"), "duplicate method names: lora"),
+    "empty methods": (TINY_SWEEP.replace("  - name: none\n  - name: lora\n    hparams: {r: 4}\n", "").replace("methods:", "methods: []"), "methods: List should have at least 1 item"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_spec_is_one_line_naming_the_problem(case, write_spec, capsys, tracking_uri):
+    text, expected = BAD[case]
+    assert main(["validate", str(write_spec(text))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and expected in err, err
+
+
+def test_missing_data_dir_is_rejected(write_spec, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PEFTBENCH_DATA", str(tmp_path / "nowhere"))
+    assert main(["validate", str(write_spec(TINY_SWEEP))]) == 2
+    assert "nowhere is not a directory" in capsys.readouterr().err
+
+
+def test_validate_cli_exit_codes(write_spec, tmp_path):
+    good = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(write_spec(TINY_SWEEP))], capture_output=True, text=True)
+    assert good.returncode == 0 and "2 cells" in good.stdout
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("no such file")
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,57 @@
+"""The training recipe: answer-only loss, and real DeepSpeed steps that lower the loss."""
+
+from __future__ import annotations
+
+import pytest
+
+import adapters
+from jobs import backbones, tasks
+from jobs.train import IGNORE, DivergedError, tokenize, train
+from pipeline.spec import TrainArgs
+
+
+def test_loss_covers_exactly_the_answer_tokens():
+    _, tokenizer = backbones.load("tiny-llama")
+    [row] = tokenize([("Question: What is 2+2?\nAnswer:", " four")], tokenizer, max_len=64)
+    answer = [t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE]
+    assert tokenizer.decode(answer) == " four"
+    assert row["labels"][: len(row["labels"]) - len(answer)] == [IGNORE] * (len(row["labels"]) - len(answer))
+
+
+def test_truncation_keeps_the_answer():
+    _, tokenizer = backbones.load("tiny-llama")
+    [row] = tokenize([("word " * 200 + "end", " the answer")], tokenizer, max_len=16)
+    assert len(row["input_ids"]) == 16
+    assert tokenizer.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l != IGNORE]) == " the answer"
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_deepspeed_steps_lower_the_loss(zero_stage, data_dir):
+    model, tokenizer = backbones.load("tiny-llama")
+    model = adapters.apply(model, "full")  # a random tiny model: LoRA alone moves it too slowly to see in 20 steps
+    examples = tasks.training_examples(["arc_easy"], 16, 0, data_dir)
+    args = TrainArgs(lr=5e-3, micro_batch_size=4, max_steps=20, warmup_ratio=0.1, zero_stage=zero_stage, max_seq_len=96)
+    # The same 16 examples repeat every 4 steps, so a working optimizer must fit them.
+    _, result = train(model, tokenizer, examples, args, seed=0)
+    assert result.steps == 20 and len(result.losses) == 20
+    first, last = sum(result.losses[:4]) / 4, sum(result.losses[-4:]) / 4
+    assert last < first - 1.0, result.losses  # nats
+    assert result.tokens_per_s > 0
+
+
+def test_training_is_deterministic_for_a_seed(data_dir):
+    examples = tasks.training_examples(["arc_easy"], 8, 0, data_dir)
+    args = TrainArgs(lr=1e-3, micro_batch_size=4, max_steps=3, max_seq_len=96)
+    runs = []
+    for _ in range(2):
+        model, tokenizer = backbones.load("tiny-llama")
+        runs.append(train(adapters.apply(model, "lora", r=4), tokenizer, examples, args, seed=7)[1].losses)
+    assert runs[0] == runs[1]
+
+
+def test_divergence_is_an_error(data_dir):
+    model, tokenizer = backbones.load("tiny-llama")
+    model = adapters.apply(model, "lora", r=4)
+    examples = tasks.training_examples(["arc_easy"], 8, 0, data_dir)
+    with pytest.raises(DivergedError, match="loss is nan"):
+        train(model, tokenizer, examples, TrainArgs(lr=1e30, micro_batch_size=4, max_steps=5, warmup_ratio=0, max_seq_len=96), seed=0)
