@@ -276,8 +276,9 @@ def average_difference(
     `pairs` comes from `paired_seeds` for one backbone × regime. With two or more tasks the test is
     a paired t-test over the per-task means (seed 001, App. B.2); with one task it falls back to a
     paired t-test over seeds, and with one seed to exact McNemar on the items. The CI resamples
-    items within tasks when every task has per-item results, else seeds within tasks; with one
-    seed and no items it is the t-test's own interval over the per-task differences.
+    items within tasks when every task has per-item results; without them it is the t-test's own
+    interval (resampling two or three seeds per task would give intervals far too narrow). The
+    item bootstrap reflects the sampling of test items, not the spread between training seeds.
     """
     by_task = pairs.groupby("task")[["value_a", "value_b"]].mean()
     tasks = tuple(by_task.index)
@@ -285,24 +286,21 @@ def average_difference(
     n_seeds = int(pairs.groupby("task")["seed"].nunique().min()) if tasks else 0
     items = item_pairs if item_pairs is not None and set(item_pairs["task"]) >= set(tasks) and tasks else None
     if len(tasks) >= 2:
-        test = paired_t(by_task["value_a"].to_numpy(), by_task["value_b"].to_numpy(), unit="per-task means")
-    elif n_seeds >= 2:
-        test = paired_t(pairs["value_a"].to_numpy(), pairs["value_b"].to_numpy(), unit="seeds")
-    elif items is not None:
-        test = mcnemar_exact(items[f"{score}_a"], items[f"{score}_b"])
+        a, b, unit = by_task["value_a"].to_numpy(), by_task["value_b"].to_numpy(), "per-task means"
     else:
-        test = NOT_TESTED
+        a, b, unit = pairs["value_a"].to_numpy(), pairs["value_b"].to_numpy(), "seeds"
+    test = paired_t(a, b, unit=unit)
+    if len(a) < 2 and items is not None:
+        test = mcnemar_exact(items[f"{score}_a"], items[f"{score}_b"])
     if items is not None:
         per_doc = items.groupby(["task", "doc_id"])[[f"{score}_a", f"{score}_b"]].mean()
         per_doc = 100 * (per_doc[f"{score}_a"] - per_doc[f"{score}_b"])
         ci = stratified_bootstrap_ci({t: d.to_numpy() for t, d in per_doc.groupby(level="task")}, seed=seed)
-    elif tasks and n_seeds >= 2:
-        per_seed = pairs["value_a"] - pairs["value_b"]
-        ci = stratified_bootstrap_ci({t: d.to_numpy() for t, d in per_seed.groupby(pairs["task"])}, seed=seed)
-        ci = replace(ci, method=f"{ci.method}, seeds resampled (n={n_seeds}; coarse)")
-    elif len(tasks) >= 2:  # one seed, no items: the interval of the t-test itself, tasks as the sample
-        low, high = stats.ttest_rel(by_task["value_a"], by_task["value_b"]).confidence_interval(0.95)
-        ci = Interval(float(low), float(high), 0.95, "t interval over per-task means")
+    elif len(a) >= 2 and np.ptp(a - b) > 0:
+        low, high = stats.ttest_rel(a, b).confidence_interval(0.95)
+        ci = Interval(float(low), float(high), 0.95, f"t interval over {unit}")
+    elif len(a) >= 2:  # every paired difference the same (identical runs): the interval is that point
+        ci = Interval(diff, diff, 0.95, f"all {len(a)} paired differences equal")
     else:
         ci = None
     return AverageDifference(diff, test, ci, tasks, n_seeds)
