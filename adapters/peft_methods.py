@@ -1,18 +1,20 @@
 """Methods that `peft` implements: thin config builders, no reimplementation.
 
-`target_modules=None` lets peft pick its per-architecture default; "all-linear" adapts every
-linear layer but the output head, the LR-LoRA paper's setting (q,k,v,o,gate,up,down on LLaMA).
+`target_modules="all-linear"` adapts every linear layer but the output head, the LR-LoRA
+paper's setting (q,k,v,o,gate,up,down on LLaMA); `None` lets peft pick its per-architecture
+default. Parameter-count formulas sum over the adapted linears, d_out × d_in each.
 """
 
 from __future__ import annotations
 
 import peft
+import torch
 import torch.nn as nn
 
-from adapters.registry import MethodError, register
+from adapters.registry import MethodError, register, register_after_backward, register_optimizer
 
 
-def _task_type(model: nn.Module) -> peft.TaskType | None:
+def task_type(model: nn.Module) -> peft.TaskType | None:
     """peft's task type for the backbone, so peft keeps a classifier head trainable."""
     name = type(model).__name__
     if name.endswith("ForCausalLM"):
@@ -22,49 +24,217 @@ def _task_type(model: nn.Module) -> peft.TaskType | None:
     return None
 
 
-def _positive(method: str, **values) -> None:
+def positive(method: str, **values) -> None:
     for key, value in values.items():
         if value is None or value <= 0:
             raise MethodError(f"method {method!r}: {key} must be positive, got {value!r}")
 
 
+def _lora(model, method, r, lora_alpha, lora_dropout, target_modules, **settings) -> peft.PeftModel:
+    positive(method, r=r, lora_alpha=lora_alpha)
+    config = peft.LoraConfig(
+        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, task_type=task_type(model), **settings
+    )
+    return peft.get_peft_model(model, config)
+
+
 @register("lora")
-def build_lora(
+def build_lora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+    """LoRA (Hu et al. 2022): ΔW = (α/r)·B·A, B zero at init.
+
+    Trainable parameters: Σ r·(d_in + d_out).
+    """
+    return _lora(model, "lora", r, lora_alpha, lora_dropout, target_modules)
+
+
+@register("rslora")
+def build_rslora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+    """rsLoRA (Kalajdzievski 2023): LoRA with scale α/√r, stable across ranks.
+
+    Trainable parameters: Σ r·(d_in + d_out).
+    """
+    return _lora(model, "rslora", r, lora_alpha, lora_dropout, target_modules, use_rslora=True)
+
+
+@register("dora")
+def build_dora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+    """DoRA (Liu et al. 2024): W = m ⊙ (W0 + sBA)/‖W0 + sBA‖_row, m initialised to ‖W0‖_row.
+
+    Trainable parameters: Σ r·(d_in + d_out) + d_out (the magnitude vector).
+    """
+    return _lora(model, "dora", r, lora_alpha, lora_dropout, target_modules, use_dora=True)
+
+
+@register("pissa")
+def build_pissa(model: nn.Module, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+    """PiSSA (Meng et al. 2024): B·A start as W0's top-r singular part, W0 keeps the residual.
+
+    lora_alpha defaults to r (s = 1, as in the paper). The adapted model equals the base model at
+    init up to the SVD's rounding. Trainable parameters: Σ r·(d_in + d_out).
+    """
+    return _lora(model, "pissa", r, lora_alpha, lora_dropout, target_modules, init_lora_weights="pissa")
+
+
+@register("loraplus")
+def build_loraplus(
     model: nn.Module,
     r: int = 8,
     lora_alpha: float = 16,
     lora_dropout: float = 0.0,
     target_modules: str | list[str] = "all-linear",
+    loraplus_lr_ratio: float = 16.0,
 ) -> nn.Module:
-    """LoRA (Hu et al. 2022): ΔW = (α/r)·B·A, B zero at init.
+    """LoRA+ (Hayou et al. 2024): LoRA whose B learns loraplus_lr_ratio× faster than A (see the optimizer).
 
-    Trainable parameters: Σ over adapted linears (d_out × d_in) of r·(d_in + d_out).
+    Trainable parameters: Σ r·(d_in + d_out).
     """
-    _positive("lora", r=r, lora_alpha=lora_alpha)
-    config = peft.LoraConfig(
-        r=r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=target_modules,
-        task_type=_task_type(model),
+    positive("loraplus", loraplus_lr_ratio=loraplus_lr_ratio)
+    return _lora(model, "loraplus", r, lora_alpha, lora_dropout, target_modules)
+
+
+@register_optimizer("loraplus")
+def loraplus_optimizer(model, lr: float, weight_decay: float, loraplus_lr_ratio: float = 16.0, **_) -> torch.optim.Optimizer:
+    """peft's LoRA+ parameter groups (B at lr × ratio) under AdamW."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio, weight_decay=weight_decay, betas=(0.9, 0.999)
+    )
+
+
+@register("vera")
+def build_vera(
+    model: nn.Module, r: int = 256, d_initial: float = 0.1, vera_dropout: float = 0.0, target_modules: str | list[str] = "all-linear", projection_prng_key: int = 0
+) -> nn.Module:
+    """VeRA (Kopiczko et al. 2024): ΔW = Λ_b B Λ_d A, A and B frozen shared random, λ_b = 0 at init.
+
+    Trainable parameters: Σ (d_out + r) (λ_b and λ_d per adapted linear).
+    """
+    positive("vera", r=r, d_initial=d_initial)
+    config = peft.VeraConfig(
+        r=r, d_initial=d_initial, vera_dropout=vera_dropout, target_modules=target_modules,
+        projection_prng_key=projection_prng_key, task_type=task_type(model),
     )
     return peft.get_peft_model(model, config)
+
+
+@register("randlora")
+def build_randlora(
+    model: nn.Module,
+    r: int = 32,
+    randlora_alpha: float = 640,
+    randlora_dropout: float = 0.0,
+    target_modules: str | list[str] = "all-linear",
+    projection_prng_key: int = 0,
+) -> nn.Module:
+    """RandLoRA (Albert et al. 2025): ΔW = Σ_n B_n Λ_n A Γ_n over N = ⌈min(d)/r⌉ frozen random bases.
+
+    peft scales by α/r; the reference code by α/r/√N: α values do not transfer between them.
+    Trainable parameters: Σ N·(r + min(d_in, d_out)) with N = ⌈min(d_in, d_out)/r⌉ (Λ and Γ).
+    """
+    positive("randlora", r=r, randlora_alpha=randlora_alpha)
+    config = peft.RandLoraConfig(
+        r=r, randlora_alpha=randlora_alpha, randlora_dropout=randlora_dropout, target_modules=target_modules,
+        projection_prng_key=projection_prng_key, task_type=task_type(model),
+    )
+    return peft.get_peft_model(model, config)
+
+
+@register("adalora")
+def build_adalora(
+    model: nn.Module,
+    init_r: int = 12,
+    target_r: int = 8,
+    lora_alpha: float = 32,
+    lora_dropout: float = 0.0,
+    target_modules: str | list[str] = "all-linear",
+    total_step: int = 1000,
+    tinit: int = 0,
+    tfinal: int = 0,
+    deltaT: int = 1,
+) -> nn.Module:
+    """AdaLoRA (Zhang et al. 2023): ΔW = P Λ Q with SVD-style budgeting of ranks during training.
+
+    The loop must call `adapters.after_backward` every step (it calls `update_and_allocate` and
+    sets `total_step` to the loop's real step count). ΔW = 0 at init (Λ = 0).
+    Trainable parameters at init: Σ init_r·(d_in + d_out + 1).
+    """
+    positive("adalora", init_r=init_r, target_r=target_r, total_step=total_step)
+    if target_r > init_r:
+        raise MethodError(f"method 'adalora': target_r ({target_r}) must not exceed init_r ({init_r})")
+    config = peft.AdaLoraConfig(
+        init_r=init_r, target_r=target_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
+        total_step=total_step, tinit=tinit, tfinal=tfinal, deltaT=deltaT, task_type=task_type(model),
+    )
+    return peft.get_peft_model(model, config)
+
+
+@register_after_backward("adalora")
+def adalora_after_backward(model, step: int, total_steps: int) -> None:
+    """AdaLoRA's rank budgeting: after backward, before the optimizer zeroes the gradients."""
+    config = model.peft_config[model.active_adapter]
+    if config.total_step != total_steps:
+        config.total_step = total_steps  # the schedule (tinit..total_step − tfinal) needs the real length
+    model.base_model.update_and_allocate(step)
 
 
 @register("ia3")
-def build_ia3(
-    model: nn.Module,
-    target_modules: list[str] | None = None,
-    feedforward_modules: list[str] | None = None,
-) -> nn.Module:
+def build_ia3(model: nn.Module, target_modules: list[str] | None = None, feedforward_modules: list[str] | None = None) -> nn.Module:
     """IA3 (Liu et al. 2022): learned vectors that rescale keys, values and the FFN input, ones at init.
 
-    Trainable parameters: Σ over adapted linears of d_out (attention) or d_in (feed-forward).
+    Trainable parameters: Σ d_out (attention targets) or d_in (feed-forward targets).
     Defaults are peft's per-architecture targets (LLaMA: k_proj, v_proj, down_proj).
     """
-    config = peft.IA3Config(
-        target_modules=target_modules,
-        feedforward_modules=feedforward_modules,
-        task_type=_task_type(model),
-    )
+    config = peft.IA3Config(target_modules=target_modules, feedforward_modules=feedforward_modules, task_type=task_type(model))
     return peft.get_peft_model(model, config)
+
+
+@register("prefix_tuning")
+def build_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 10) -> nn.Module:
+    """Prefix tuning (Li & Liang 2021): trained key/value prefixes for every layer.
+
+    Not the identity at init (the prefixes are random), and not mergeable.
+    Trainable parameters: num_virtual_tokens · n_layers · 2 · (n_kv_heads · head_dim).
+    """
+    positive("prefix_tuning", num_virtual_tokens=num_virtual_tokens)
+    return peft.get_peft_model(model, peft.PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=task_type(model)))
+
+
+@register("prompt_tuning")
+def build_prompt_tuning(model: nn.Module, num_virtual_tokens: int = 10) -> nn.Module:
+    """Prompt tuning (Lester et al. 2021): trained input embeddings prepended to every sequence.
+
+    Not the identity at init (the prompt is random), and not mergeable.
+    Trainable parameters: num_virtual_tokens · hidden_size.
+    """
+    positive("prompt_tuning", num_virtual_tokens=num_virtual_tokens)
+    return peft.get_peft_model(model, peft.PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=task_type(model)))
+
+
+@register("qlora")
+def build_qlora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+    """QLoRA (Dettmers et al. 2023): LoRA over a frozen NF4 base (bitsandbytes, runs on CPU).
+
+    Every linear layer but the output head is quantised to NF4 (block 64, fp32 compute) in
+    place, then peft puts LoRA on the targets. ΔW = 0 at init: the adapted model equals the
+    quantised base. Trainable parameters: Σ r·(d_in + d_out).
+    """
+    quantize_nf4(model)
+    return _lora(model, "qlora", r, lora_alpha, lora_dropout, target_modules)
+
+
+def quantize_nf4(model: nn.Module) -> None:
+    """Replace every nn.Linear except the output head by a frozen bitsandbytes NF4 Linear4bit."""
+    import bitsandbytes as bnb
+
+    head = model.get_output_embeddings()
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Linear and child is not head:
+                q = bnb.nn.Linear4bit(
+                    child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=torch.float32, quant_type="nf4"
+                )
+                q.weight = bnb.nn.Params4bit(child.weight.data.float(), requires_grad=False, quant_type="nf4")
+                if child.bias is not None:
+                    q.bias = nn.Parameter(child.bias.data, requires_grad=False)
+                setattr(module, child_name, q.to(child.weight.device))

@@ -1,0 +1,328 @@
+"""Updates that are an elementwise function of BA: LR-LoRA (paper and fixed readings), SineLoRA.
+
+ΔW = out · φ(in · Z), Z = B·A, with (in, out, φ) per method:
+
+- `lr_lora` (paper): φ(z) = Σ_g a_g sinc(b_g (z − c_g)) [+ z if residual], in = s, out = 1
+  (`scale_position: outside`: in = 1, out = s). a = 0 at init, so φ ≡ 0 and ΔW = 0.
+- `lr_lora_fixed`: φ̃(z) = f(z) − f(0), in = s/ρ, out = ρ, ρ = RMS(s·Z) detached and floored;
+  b starts at the Shannon value (G − 1)/(2L) and a_g = c_g, so f interpolates the identity on
+  the grid: ΔW ≈ s·Z from step 0 and B, A get LoRA's gradients (METHODS.md, risks 1–4).
+- `sine_lora`: φ = sin, in = ω, out = s/√k (Ji et al. 2025).
+
+Because φ is not affine, ∂L/∂Z needs the dense G = ∂L/∂ΔW = Σ_t δ_t x_tᵀ: one more GEMM per
+step than LoRA. `MergedElementwiseLinear` is the memory-bounded implementation of
+METHODS.md: one autograd Function over y = x·(W0 + ΔW)ᵀ + bias that saves only x, A, B and
+φ's parameters, rebuilds ΔW in backward, and walks Z in row blocks (and the grid in chunks)
+so the largest temporaries are one d×k buffer plus chunk × block elements; nothing of size
+G×d×k, and nothing d×k is kept between forward and backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from adapters import variants
+from adapters.registry import MethodError, register
+
+BLOCK_ELEMENTS = 2**16  # elements of one row block of Z; × grid chunk = largest temporary
+GRID_CHUNK = 8
+TAYLOR_BELOW = 0.1  # |t| under which sinc′ uses its Taylor series (w/t cancels in fp32)
+
+
+def _row_blocks(d: int, k: int):
+    rows = max(1, BLOCK_ELEMENTS // k)
+    for start in range(0, d, rows):
+        yield slice(start, min(d, start + rows))
+
+
+def sinc_prime(t: torch.Tensor, cos_minus_sinc: torch.Tensor) -> torch.Tensor:
+    """d/dt sinc(t) = (cos πt − sinc t)/t; near 0 the series −(π²/3)t + (π⁴/30)t³ − (π⁶/840)t⁵."""
+    t2 = t * t
+    series = t * (-(math.pi**2) / 3 + t2 * (math.pi**4 / 30 - t2 * math.pi**6 / 840))
+    small = t.abs() < TAYLOR_BELOW
+    return torch.where(small, series, cos_minus_sinc / torch.where(small, torch.ones_like(t), t))
+
+
+class SincPhi(nn.Module):
+    """φ(z) = Σ_g a_g sinc(b_g (z − c_g)) [+ z] [− φ(0)], b = softplus(β), c a fixed grid on [−L, L]."""
+
+    def __init__(self, grid_size: int, grid_limit: float, reading: str, residual: bool, scale_position: str):
+        super().__init__()
+        self.reading, self.residual, self.scale_position = reading, residual, scale_position
+        self.register_buffer("grid", torch.linspace(-grid_limit, grid_limit, grid_size), persistent=False)
+        if reading == "fixed":  # Shannon spacing: sinc(b(c_h − c_g)) = δ_gh, so a = c interpolates z
+            b0 = (grid_size - 1) / (2 * grid_limit)
+            self.a = nn.Parameter(self.grid.clone())
+        else:  # paper: φ ≡ 0
+            b0 = 1.0
+            self.a = nn.Parameter(torch.zeros(grid_size))
+        self.beta = nn.Parameter(torch.full((grid_size,), math.log(math.expm1(b0))))
+
+    def params(self) -> tuple[torch.Tensor, ...]:
+        return self.a, self.beta
+
+    def scales(self, s: float, A: torch.Tensor, B: torch.Tensor) -> tuple[float, float]:
+        """(in, out) of ΔW = out · φ(in · Z)."""
+        if self.reading == "fixed":
+            rho = max(s * frobenius(A, B) / math.sqrt(A.shape[1] * B.shape[0]), 1e-12)
+            return s / rho, rho
+        return (s, 1.0) if self.scale_position == "inside" else (1.0, s)
+
+    def value(self, u: torch.Tensor, a: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        b, c = F.softplus(beta), self.grid.to(u.dtype)
+        out = u.clone() if self.residual else torch.zeros_like(u)
+        flat = out.view(-1)
+        for g in range(0, len(c), GRID_CHUNK):
+            sl = slice(g, g + GRID_CHUNK)
+            t = b[sl, None] * (u.reshape(1, -1) - c[sl, None])
+            flat.add_(a[sl] @ torch.sinc(t))
+        if self.reading == "fixed":
+            out -= a @ torch.sinc(-b * c)  # f(0)
+        return out
+
+    def grad(self, u, g_out, a, beta):
+        """(g_out ⊙ φ′(u), ∂/∂a, ∂/∂β) for the upstream gradient g_out of φ(u)."""
+        b, c = F.softplus(beta), self.grid.to(u.dtype)
+        uf, gf = u.reshape(1, -1), g_out.reshape(-1)
+        dphi = torch.ones_like(uf[0]) if self.residual else torch.zeros_like(uf[0])
+        da, dbeta = torch.empty_like(a), torch.empty_like(beta)
+        db_dbeta = torch.sigmoid(beta)
+        for g in range(0, len(c), GRID_CHUNK):
+            sl = slice(g, g + GRID_CHUNK)
+            t = b[sl, None] * (uf - c[sl, None])
+            s = torch.sinc(t)
+            w = torch.cos(math.pi * t) - s  # = t·sinc′(t)
+            da[sl] = s @ gf
+            # ∂/∂b_g sinc(b_g(u − c_g)) = sinc′(t)(u − c_g) = w / b_g
+            dbeta[sl] = a[sl] * db_dbeta[sl] / b[sl] * (w @ gf)
+            dphi += (a[sl] * b[sl]) @ sinc_prime(t, w)
+        if self.reading == "fixed":  # − f(0) contributes − (∂f(0)) · Σ G
+            t0 = -b * c
+            s0 = torch.sinc(t0)
+            total = gf.sum()
+            da -= s0 * total
+            dbeta -= a * db_dbeta / b * (torch.cos(math.pi * t0) - s0) * total
+        return g_out * dphi.view_as(u), da, dbeta
+
+
+class SinePhi(nn.Module):
+    """φ = sin with in = ω, out = s/√k: SineLoRA has no parameters of its own."""
+
+    def __init__(self, omega: float, in_features: int):
+        super().__init__()
+        self.omega, self.in_features = omega, in_features
+
+    def params(self) -> tuple[torch.Tensor, ...]:
+        return ()
+
+    def scales(self, s: float, A: torch.Tensor, B: torch.Tensor) -> tuple[float, float]:
+        return self.omega, s / math.sqrt(self.in_features)
+
+    def value(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.sin(u)
+
+    def grad(self, u, g_out):
+        return (g_out * torch.cos(u),)
+
+
+def frobenius(A: torch.Tensor, B: torch.Tensor) -> float:
+    """‖B·A‖_F through the r×r route: ‖BA‖_F² = tr((BᵀB)(AAᵀ)), never forming B·A."""
+    with torch.no_grad():
+        return float(((B.T @ B) * (A @ A.T)).sum().clamp_min(0).sqrt())
+
+
+def delta_weight(A, B, phi, params, scale_in: float, scale_out: float) -> torch.Tensor:
+    """Dense ΔW = out · φ(in · B·A), built block by block (for merging, and inside the Function)."""
+    dtype = torch.promote_types(A.dtype, torch.float32)
+    A, B = A.to(dtype), B.to(dtype)
+    params = [p.to(dtype) for p in params]
+    out = torch.empty(B.shape[0], A.shape[1], dtype=dtype, device=A.device)
+    for rows in _row_blocks(*out.shape):
+        out[rows] = phi.value(scale_in * (B[rows] @ A), *params)
+    return out.mul_(scale_out)
+
+
+class MergedElementwiseLinear(torch.autograd.Function):
+    """y = x·(W0 + ΔW)ᵀ + bias (or x·ΔWᵀ when W0 is None), ΔW = out · φ(in · B·A).
+
+    Backward: G = G_yᵀ·x (the extra dense GEMM), then per row block of Z:
+    dZ = in · out · G ⊙ φ′(u), dB = dZ·Aᵀ, dA += Bᵀ·dZ, φ's parameter gradients as dot
+    products with G. The merged weight buffer is reused for G.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, phi, scale_in, scale_out, *params):
+        ctx.phi, ctx.scales = phi, (scale_in, scale_out)
+        ctx.save_for_backward(x, weight, A, B, *params)
+        merged = delta_weight(A, B, phi, params, scale_in, scale_out)
+        if weight is not None:
+            merged += weight
+        return F.linear(x, merged.to(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, A, B, *params = ctx.saved_tensors
+        phi, (scale_in, scale_out) = ctx.phi, ctx.scales
+        dtype = torch.promote_types(A.dtype, torch.float32)
+        gy = grad_y.reshape(-1, grad_y.shape[-1])
+        buffer = delta_weight(A, B, phi, params, scale_in, scale_out)
+        grad_x = grad_w = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            if weight is not None:
+                buffer += weight
+            grad_x = (gy @ buffer.to(gy.dtype)).view_as(x)
+        grad_bias = gy.sum(0) if ctx.needs_input_grad[2] else None
+        G = torch.mm(gy.T.to(dtype), x.reshape(-1, x.shape[-1]).to(dtype), out=buffer)
+        if ctx.needs_input_grad[1]:
+            grad_w = G.clone().to(weight.dtype)
+        Af, Bf = A.to(dtype), B.to(dtype)
+        pf = [p.to(dtype) for p in params]
+        dA, dB = torch.zeros_like(Af), torch.empty_like(Bf)
+        dparams = [torch.zeros_like(p) for p in pf]
+        for rows in _row_blocks(*G.shape):
+            g_u, *d_block = phi.grad(scale_in * (Bf[rows] @ Af), scale_out * G[rows], *pf)
+            dZ = g_u.mul_(scale_in)
+            dB[rows] = dZ @ Af.T
+            dA += Bf[rows].T @ dZ
+            for total, part in zip(dparams, d_block):
+                total += part
+        dparams = [d.to(p.dtype) for d, p in zip(dparams, params)]
+        return grad_x, grad_w, grad_bias, dA.to(A.dtype), dB.to(B.dtype), None, None, None, *dparams
+
+
+def naive_delta(A, B, phi, params, scale_in: float, scale_out: float) -> torch.Tensor:
+    """The broadcasting reference: ΔW with autograd through a G×d×k tensor. Tests and bench only."""
+    u = scale_in * (B @ A)
+    if isinstance(phi, SinePhi):
+        return scale_out * torch.sin(u)
+    a, beta = params
+    b, c = F.softplus(beta), phi.grid.to(u.dtype)
+    basis = torch.sinc(b[:, None, None] * (u[None] - c[:, None, None]))
+    f = torch.einsum("g,gij->ij", a, basis)
+    if phi.residual:
+        f = f + u
+    if phi.reading == "fixed":
+        f = f - a @ torch.sinc(-b * c)
+    return scale_out * f
+
+
+class ElementwiseVariant(variants.PeftbenchVariant):
+    """The peft variant for the whole family; `lora_phi[adapter]` holds φ (and its parameters)."""
+
+    @staticmethod
+    def init(module, adapter_name, config, **kwargs):
+        opts = config.peftbench_options
+        if config.peftbench_variant == "sine_lora":
+            phi = SinePhi(opts["omega"], module.in_features)
+        else:
+            phi = SincPhi(opts["grid_size"], opts["grid_limit"], opts["reading"], opts["residual"], opts["scale_position"])
+        variants.add_container(module, "lora_phi")[adapter_name] = phi.to(module.lora_A[adapter_name].weight.device)
+
+    @staticmethod
+    def _args(module, adapter):
+        A, B = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        phi = module.lora_phi[adapter]
+        return A, B, phi, phi.scales(module.scaling[adapter], A, B), phi.params()
+
+    @staticmethod
+    def delta_weight(module, adapter):
+        A, B, phi, (s_in, s_out), params = ElementwiseVariant._args(module, adapter)
+        with torch.no_grad():
+            return delta_weight(A, B, phi, params, s_in, s_out)
+
+    @staticmethod
+    def forward_whole(module, adapter, x):
+        """Dropout 0: base and update in one merged GEMM."""
+        A, B, phi, (s_in, s_out), params = ElementwiseVariant._args(module, adapter)
+        base = module.get_base_layer()
+        return MergedElementwiseLinear.apply(x, base.weight, base.bias, A, B, phi, s_in, s_out, *params)
+
+    @staticmethod
+    def forward(module, active_adapter, x, result, **kwargs):
+        """Dropout > 0: the update sees dropped-out inputs, so it cannot share the base GEMM."""
+        A, B, phi, (s_in, s_out), params = ElementwiseVariant._args(module, active_adapter)
+        x = module.lora_dropout[active_adapter](x)
+        return result + MergedElementwiseLinear.apply(x, None, None, A, B, phi, s_in, s_out, *params)
+
+
+for _name in ("lr_lora", "lr_lora_fixed", "sine_lora"):
+    variants.VARIANTS[_name] = ElementwiseVariant
+
+
+def _check_choice(method: str, name: str, value, choices) -> None:
+    if value not in choices:
+        raise MethodError(f"method {method!r}: {name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+@register("lr_lora")
+def build_lr_lora(
+    model: nn.Module,
+    r: int = 16,
+    lora_alpha: float | None = None,
+    lora_dropout: float = 0.05,
+    target_modules: str | list[str] = "all-linear",
+    grid_size: int = 50,
+    grid_limit: float = 3.0,
+    scale_position: str = "inside",
+    residual: bool = False,
+    reading: str = "paper",
+) -> nn.Module:
+    """LR-LoRA, paper-exact by default: ΔW = φ(s·B·A), φ(z) = Σ_g a_g sinc(b_g(z − c_g)), a = 0 at init.
+
+    lora_alpha defaults to r (s = 1, so `scale_position` inside and outside agree). `reading:
+    fixed` is `lr_lora_fixed`. Dropout 0.05 is the paper's LLM setting; 0 enables the single
+    merged GEMM.
+    Trainable parameters: Σ over adapted linears (d_out × d_in) of r·(d_in + d_out) + 2·grid_size.
+    """
+    _check_choice("lr_lora", "scale_position", scale_position, ("inside", "outside"))
+    _check_choice("lr_lora", "reading", reading, ("paper", "fixed"))
+    from adapters.peft_methods import positive
+
+    positive("lr_lora", grid_size=grid_size, grid_limit=grid_limit)
+    if reading == "fixed" and (residual or scale_position != "inside"):
+        raise MethodError("method 'lr_lora_fixed': residual and scale_position belong to the paper reading")
+    options = dict(grid_size=grid_size, grid_limit=grid_limit, scale_position=scale_position, residual=residual, reading=reading)
+    name = "lr_lora_fixed" if reading == "fixed" else "lr_lora"
+    return variants.build(model, name, options, r, lora_alpha or r, lora_dropout, target_modules)
+
+
+@register("lr_lora_fixed")
+def build_lr_lora_fixed(
+    model: nn.Module,
+    r: int = 16,
+    lora_alpha: float | None = None,
+    lora_dropout: float = 0.05,
+    target_modules: str | list[str] = "all-linear",
+    grid_size: int = 50,
+    grid_limit: float = 3.0,
+) -> nn.Module:
+    """LR-LoRA, corrected reading: ΔW = ρ·(f(s·Z/ρ) − f(0)), ρ = RMS(s·Z) (detached, floored).
+
+    f starts as the sinc interpolant of the identity at Shannon spacing, so ΔW starts as LoRA's
+    update (zero, since B = 0) and B, A get LoRA's gradients from step 0.
+    Trainable parameters: Σ over adapted linears (d_out × d_in) of r·(d_in + d_out) + 2·grid_size.
+    """
+    return build_lr_lora(model, r, lora_alpha, lora_dropout, target_modules, grid_size, grid_limit, reading="fixed")
+
+
+@register("sine_lora")
+def build_sine_lora(
+    model: nn.Module,
+    omega: float = 200.0,
+    r: int = 8,
+    lora_alpha: float = 16,
+    lora_dropout: float = 0.0,
+    target_modules: str | list[str] = "all-linear",
+) -> nn.Module:
+    """SineLoRA (Ji et al. 2025): ΔW = s·sin(ω·B·A)/√d_in, B = 0 at init. Sweep ω (no safe default).
+
+    Trainable parameters: Σ over adapted linears (d_out × d_in) of r·(d_in + d_out).
+    """
+    from adapters.peft_methods import positive
+
+    positive("sine_lora", omega=omega)
+    return variants.build(model, "sine_lora", {"omega": omega}, r, lora_alpha, lora_dropout, target_modules)
