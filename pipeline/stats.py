@@ -50,6 +50,8 @@ class Significance:
         return bool(self.p < alpha)  # NaN (test undefined) is never significant
 
     def __str__(self) -> str:
+        if math.isnan(self.p):
+            return self.test
         return f"p={self.p:.3g} ({self.test}, n={self.n}; correction: {self.correction})"
 
 
@@ -66,7 +68,7 @@ class Interval:
         return f"[{self.low:+.2f}, {self.high:+.2f}] ({self.level:.0%} {self.method})"
 
 
-NOT_TESTED = Significance("none (too few paired observations)", math.nan)
+NOT_TESTED = Significance("not tested (too few paired observations)", math.nan)
 
 
 # ---- tests on paired arrays -------------------------------------------------------------
@@ -145,7 +147,7 @@ def holm(tests: Sequence[Significance], alpha: float = ALPHA) -> list[Significan
     if not finite:
         return out
     _, adjusted, _, _ = multipletests([tests[i].p for i in finite], alpha=alpha, method="holm")
-    label = f"Holm–Bonferroni over {len(finite)} comparisons"
+    label = f"Holm–Bonferroni over {len(finite)} comparison{'s' if len(finite) > 1 else ''}"
     for i, p in zip(finite, adjusted):
         out[i] = replace(tests[i], p=float(p), correction=label)
     return out

@@ -42,6 +42,7 @@ class ComparisonTable:
     blocks: list[Block]
     legend: list[str] = field(default_factory=list)
     average_tests: pd.DataFrame | None = None  # stats.across_tasks, for the report's detail
+    task_tests: pd.DataFrame | None = None  # _task_tests, likewise
 
 
 def default_baseline(methods: list[str]) -> str:
@@ -63,27 +64,34 @@ def row_labels(results: pd.DataFrame) -> pd.Series:
     return results["method"] + suffix.map(lambda s: f" ({s})" if s else "")
 
 
-def _cell_tests(values: pd.DataFrame, items: pd.DataFrame | None, baseline: str, alpha: float) -> pd.DataFrame:
-    """Per (block, row, task): the test behind the cell's mark, Holm–Bonferroni within each block.
+def _task_tests(
+    values: pd.DataFrame, items: pd.DataFrame | None, baseline: str, alpha: float, with_aso: bool
+) -> pd.DataFrame:
+    """Per (block, method, task): every test against the baseline; `test` is the one behind the mark.
 
-    A paired t-test over seeds when there are two or more; with one seed, exact McNemar on the
-    items when per-item results exist.
+    The mark's test is a paired t-test over seeds when there are two or more, else exact McNemar
+    on the items of the one seed; Holm–Bonferroni runs over the marks of each block. Wilcoxon,
+    ASO and the per-seed item tests are shown as they are, uncorrected.
     """
     rows = []
     for method in values["method"].unique():
         if method == baseline:
             continue
-        per_task = stats.per_task(values, method, baseline)
-        mcnemar = {}
-        if items is not None:
-            per_item = stats.per_item(items, method, baseline)
-            mcnemar = {tuple(r[c] for c in BLOCK + ["task"]): r["mcnemar"] for _, r in per_item.iterrows()}
-        for _, r in per_task.iterrows():
-            key = tuple(r[c] for c in BLOCK + ["task"])
-            test = r["t_test"] if r["n_seeds"] >= 2 else mcnemar.get(key, stats.NOT_TESTED)
-            rows.append(dict(zip(BLOCK + ["task"], key), method=method, diff=r["diff"], test=test))
-    tests = pd.DataFrame(rows, columns=BLOCK + ["task", "method", "diff", "test"])
-    parts = [block.assign(test=stats.holm(list(block["test"]), alpha)) for _, block in tests.groupby(BLOCK)]
+        per_item = stats.per_item(items, method, baseline) if items is not None else None
+        for _, r in stats.per_task(values, method, baseline, with_aso=with_aso).iterrows():
+            key = {c: r[c] for c in BLOCK + ["task"]}
+            seeds = pd.DataFrame()
+            if per_item is not None:
+                seeds = per_item[(per_item[BLOCK + ["task"]] == pd.Series(key)).all(axis=1)]
+            single_seed = seeds["mcnemar"].iloc[0] if len(seeds) == 1 else stats.NOT_TESTED
+            rows.append(
+                dict(key, method=method, diff=r["diff"], n_seeds=r["n_seeds"],
+                     test=r["t_test"] if r["n_seeds"] >= 2 else single_seed,
+                     wilcoxon=r["wilcoxon"], aso=r["aso"],
+                     per_seed="; ".join(f"seed {s.seed}: McNemar p={s.mcnemar.p:.3g}, Δ CI {s.ci}" for s in seeds.itertuples()))
+            )
+    tests = pd.DataFrame(rows, columns=BLOCK + ["task", "method", "diff", "n_seeds", "test", "wilcoxon", "aso", "per_seed"])
+    parts = [block.assign(test=stats.holm(list(block["test"]), alpha)) for _, block in tests.groupby(BLOCK, sort=False)]
     return pd.concat(parts, ignore_index=True) if parts else tests
 
 
@@ -104,9 +112,16 @@ def _cost(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 
 def comparison_table(
-    results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: str | None = None, alpha: float = ALPHA
+    results: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    baseline: str | None = None,
+    alpha: float = ALPHA,
+    with_aso: bool = False,
 ) -> ComparisonTable:
-    """Build every block of the table; significance against `baseline` (default LoRA)."""
+    """Build every block of the table; significance against `baseline` (default LoRA).
+
+    `with_aso` adds deepsig's ASO per task (seconds per comparison, so off by default).
+    """
     results = results.assign(method=row_labels(results))
     if items is not None:
         labels = results.drop_duplicates("run_key").set_index("run_key")["method"]
@@ -116,12 +131,12 @@ def comparison_table(
     values = stats.seed_values(results)
     order = {name: i for i, name in enumerate([*methods, *dict.fromkeys(results["task"])])}
     values = values.sort_values(["method", "task"], key=lambda column: column.map(order), kind="stable")
-    cell_tests = _cell_tests(values, items, baseline, alpha)
+    task_tests = _task_tests(values, items, baseline, alpha, with_aso)
     average_tests = stats.across_tasks(values, baseline, items=items, alpha=alpha)
     blocks = []
     for (backbone, regime), block_values in values.groupby(BLOCK, sort=False):
         block_results = results[(results["backbone"] == backbone) & (results["regime"] == regime)]
-        blocks.append(_block(backbone, regime, block_values, block_results, cell_tests, average_tests, baseline, alpha))
+        blocks.append(_block(backbone, regime, block_values, block_results, task_tests, average_tests, baseline, alpha))
     legend = [
         "Cells: mean ± std over seeds (n = seeds); † = published mean (± its published std), not a run of ours. Points for fraction metrics.",
         f"Bold: best mean in the column. {UP}/{DOWN}: significantly above/below {baseline} at α = {alpha} after Holm–Bonferroni.",
@@ -129,18 +144,18 @@ def comparison_table(
         "Average: paired t-test over per-task means (seed 001 protocol); family = every method × block of this report.",
         f"Params: trainable parameters (% of backbone). tok/s and mem: ratio to {baseline} (tok/s > 1 faster, mem < 1 leaner).",
     ]
-    return ComparisonTable(baseline, blocks, legend, average_tests)
+    return ComparisonTable(baseline, blocks, legend, average_tests, task_tests)
 
 
-def _block(backbone, regime, values, results, cell_tests, average_tests, baseline, alpha) -> Block:
+def _block(backbone, regime, values, results, task_tests, average_tests, baseline, alpha) -> Block:
     tasks = [t for t in dict.fromkeys(values["task"]) if t != REPORTED_AVERAGE]
     cells = []
     for method, rows in values.groupby("method", sort=False):
         for task, seeds in rows.groupby("task", sort=False):
             if task == REPORTED_AVERAGE and tasks:
                 continue  # a published average next to its tasks: the table computes its own
-            test = cell_tests[(cell_tests["backbone"] == backbone) & (cell_tests["regime"] == regime)
-                              & (cell_tests["method"] == method) & (cell_tests["task"] == task)]
+            test = task_tests[(task_tests["backbone"] == backbone) & (task_tests["regime"] == regime)
+                              & (task_tests["method"] == method) & (task_tests["task"] == task)]
             cells.append(_cell(method, task, seeds, test.iloc[0] if len(test) else None, alpha))
         if tasks:  # Average: each seed's mean over all tasks, then mean ± std over seeds
             complete = rows[rows["task"].isin(tasks)].groupby("seed").filter(lambda s: s["task"].nunique() == len(tasks))
@@ -227,7 +242,7 @@ def render(table: ComparisonTable, fmt: str) -> str:
         title = f"{block.backbone} · {block.regime}"
         frame = block_frame(block, fmt)
         if fmt == "md":
-            parts.append(f"### {title}\n\n{frame.to_markdown(index=False)}\n")
+            parts.append(f"### {title}\n\n{frame.to_markdown(index=False, disable_numparse=True)}\n")
         elif fmt == "html":
             body = frame.map(lambda s: s if s.startswith("<b>") else html.escape(s)).to_html(index=False, escape=False)
             parts.append(f"<h3>{html.escape(title)}</h3>\n{body}")
@@ -264,6 +279,23 @@ def _detail_frame(table: ComparisonTable) -> pd.DataFrame:
     )
 
 
+def _per_task_frame(table: ComparisonTable) -> pd.DataFrame:
+    """Every per-task test against the baseline, the mark's test first."""
+    tests = table.task_tests
+    return pd.DataFrame(
+        {
+            "Backbone · regime": tests["backbone"] + " · " + tests["regime"],
+            "Method": tests["method"],
+            "Task": tests["task"],
+            f"Δ vs {table.baseline} (points)": tests["diff"].map(lambda d: f"{d:+.2f}"),
+            "Mark's test": tests["test"].map(str),
+            "Wilcoxon": tests["wilcoxon"].map(str),
+            "ASO ε_min (A better when < 0.5)": tests["aso"].map(lambda e: "" if math.isnan(e) else f"{e:.2f}"),
+            "Per seed (items)": tests["per_seed"],
+        }
+    ).pipe(lambda frame: frame.loc[:, (frame != "").any(axis=0)])
+
+
 def _verdict_frame(verdicts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -278,7 +310,7 @@ def _verdict_frame(verdicts: pd.DataFrame) -> pd.DataFrame:
 
 def _section(title: str, frame: pd.DataFrame, fmt: str) -> str:
     if fmt == "md":
-        return f"## {title}\n\n{frame.to_markdown(index=False)}\n"
+        return f"## {title}\n\n{frame.to_markdown(index=False, disable_numparse=True)}\n"
     if fmt == "html":
         return f"<h2>{html.escape(title)}</h2>\n{frame.to_html(index=False)}"
     frame = frame.map(lambda s: _tex_escape(str(s)))
@@ -293,20 +325,23 @@ def render_report(
     baseline: str | None = None,
     claims=None,
     alpha: float = ALPHA,
+    with_aso: bool = False,
 ) -> str:
-    """The comparison report of a sweep: the table, the average gains in detail, the claims.
+    """The comparison report of a sweep: the table, its tests in detail, the claims' verdicts.
 
     `claims` is a claims file (path or `pipeline.claims.ClaimsFile`) or None. csv gives the
     tidy cells only (one row per table cell, with p, test and correction), for further analysis.
     """
     from pipeline import claims as claims_check
 
-    table = comparison_table(results, items, baseline, alpha)
+    table = comparison_table(results, items, baseline, alpha, with_aso)
     if fmt == "csv":
         return render(table, fmt)
     parts = [render(table, fmt)]
     if table.average_tests is not None and len(table.average_tests):
         parts.append(_section(f"Average gain over {table.baseline}", _detail_frame(table), fmt))
+    if table.task_tests is not None and len(table.task_tests):
+        parts.append(_section(f"Per-task tests against {table.baseline}", _per_task_frame(table), fmt))
     if claims is not None:
         verdicts = claims_check.check(results, claims, items=items)  # at the claims file's own α
         parts.append(_section("Claims", _verdict_frame(verdicts), fmt))

@@ -50,7 +50,7 @@ def test_holm_is_holm_bonferroni_not_the_statsmodels_default_holm_sidak():
 def test_holm_leaves_untestable_comparisons_out_of_the_family():
     tests = [stats.Significance("t", 0.02), stats.NOT_TESTED]
     adjusted = stats.holm(tests)
-    assert adjusted[0].p == pytest.approx(0.02) and adjusted[0].correction.endswith("over 1 comparisons")
+    assert adjusted[0].p == pytest.approx(0.02) and adjusted[0].correction.endswith("over 1 comparison")
     assert math.isnan(adjusted[1].p)
 
 

@@ -132,3 +132,21 @@ def test_published_averages_render_with_the_papers_std_marked_as_published():
     cola = glue[(glue["task"] == "cola") & (glue["method"] == "lr_lora") & (glue["backbone"] == "roberta-base")]
     assert cola["metric"].item() == "mcc" and cola["value"].item() == pytest.approx(0.632)
     assert "vera (r=1024)" in tables.render(tables.comparison_table(glue), "md")
+
+
+def test_the_report_carries_the_table_its_tests_and_the_claims(sweep):
+    results, items = sweep
+    claims_file = Path(__file__).resolve().parents[1] / "configs" / "claims" / "lr_lora.yaml"
+    report = tables.render_report(results, items, "md", claims=claims_file)
+    for section in ("### smollm2-135m · cs-1k", "## Average gain over lora", "## Per-task tests against lora", "## Claims"):
+        assert section in report
+    assert "bootstrap stratified by task" in report and "seed 42: McNemar p=" in report
+    assert "| supported |" in report.replace("  ", " ") or "supported" in report.split("## Claims")[1]
+    assert tables.render_report(results, items, "csv") == tables.render(tables.comparison_table(results, items), "csv")
+
+
+def test_aso_is_reported_per_task_only_when_asked():
+    results, _ = sweep_frames({"lora": 0.5, "lr_lora": 0.7}, tasks=("piqa",), n_items=200)
+    assert tables.comparison_table(results).task_tests["aso"].isna().all()
+    eps = tables.comparison_table(results, with_aso=True).task_tests["aso"].item()
+    assert eps < 0.2  # lr_lora almost stochastically dominates lora
