@@ -21,16 +21,13 @@ from typing import Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pipeline import stats
+from pipeline.spec import Strict
 from pipeline.stats import ALPHA, BLOCK, REPORTED_AVERAGE
 
 Verdict = Literal["supported", "refuted", "inconclusive"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Scale(Strict):

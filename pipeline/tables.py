@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import stats
+from pipeline.published import EFFICIENCY_COLUMNS
 from pipeline.stats import ALPHA, BLOCK, PUBLISHED_SEED, REPORTED_AVERAGE
 
 AVERAGE = "Average"
@@ -103,7 +104,7 @@ def _mark(diff: float, test: stats.Significance | None, alpha: float) -> str:
 
 def _cost(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Mean cost per row over its runs; throughput and memory as ratios to the baseline's."""
-    runs = results.groupby(["method", "run_key"])[["trainable_params", "trainable_pct", "tokens_per_s", "peak_mem_mb"]].first()
+    runs = results.groupby(["method", "run_key"])[EFFICIENCY_COLUMNS].first()
     cost = runs.groupby("method").mean()
     for column in ("tokens_per_s", "peak_mem_mb"):
         base = cost[column].get(baseline, math.nan)
@@ -263,14 +264,22 @@ def render(table: ComparisonTable, fmt: str) -> str:
 # ---- the report -----------------------------------------------------------------------------
 
 
+def _against_baseline(tests: pd.DataFrame, baseline: str, *by: str) -> dict[str, pd.Series]:
+    """The leading columns of a detail section: where, which method (and task), the gain."""
+    return {
+        "Backbone · regime": tests["backbone"] + " · " + tests["regime"],
+        "Method": tests["method"],
+        **{name.capitalize(): tests[name] for name in by},
+        f"Δ vs {baseline} (points)": tests["diff"].map(lambda d: f"{d:+.2f}"),
+    }
+
+
 def _detail_frame(table: ComparisonTable) -> pd.DataFrame:
     """Average gain of every method over the baseline, with its CI and the test behind it."""
     tests = table.average_tests
     return pd.DataFrame(
         {
-            "Backbone · regime": tests["backbone"] + " · " + tests["regime"],
-            "Method": tests["method"],
-            f"Δ vs {table.baseline} (points)": tests["diff"].map(lambda d: f"{d:+.2f}"),
+            **_against_baseline(tests, table.baseline),
             "95% CI": tests["ci"].map(lambda ci: f"[{ci.low:+.2f}, {ci.high:+.2f}] {ci.method}" if ci else "—"),
             "p": tests["test"].map(lambda t: f"{t.p:.3g}"),
             "Test (n)": tests["test"].map(lambda t: f"{t.test} (n={t.n})"),
@@ -284,10 +293,7 @@ def _per_task_frame(table: ComparisonTable) -> pd.DataFrame:
     tests = table.task_tests
     return pd.DataFrame(
         {
-            "Backbone · regime": tests["backbone"] + " · " + tests["regime"],
-            "Method": tests["method"],
-            "Task": tests["task"],
-            f"Δ vs {table.baseline} (points)": tests["diff"].map(lambda d: f"{d:+.2f}"),
+            **_against_baseline(tests, table.baseline, "task"),
             "Mark's test": tests["test"].map(str),
             "Wilcoxon": tests["wilcoxon"].map(str),
             "ASO ε_min (A better when < 0.5)": tests["aso"].map(lambda e: "" if math.isnan(e) else f"{e:.2f}"),

@@ -8,10 +8,7 @@ the statistics see it.
 import numpy as np
 import pandas as pd
 
-RESULT_COLUMNS = [
-    "run_key", "sweep", "method", "backbone", "regime", "seed", "task", "metric", "value",
-    "trainable_params", "trainable_pct", "tokens_per_s", "peak_mem_mb",
-]
+from pipeline.published import EFFICIENCY_COLUMNS, RESULT_COLUMNS
 
 
 def sweep_frames(
@@ -60,4 +57,4 @@ def sweep_frames(
                              task=task, doc_id=np.arange(n_items), acc=correct)
                     )
                 )
-    return pd.DataFrame(results, columns=RESULT_COLUMNS), pd.concat(items, ignore_index=True)
+    return pd.DataFrame(results, columns=RESULT_COLUMNS + EFFICIENCY_COLUMNS), pd.concat(items, ignore_index=True)
