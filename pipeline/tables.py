@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipeline import claims as claims_check
 from pipeline import stats
 from pipeline.published import EFFICIENCY_COLUMNS
 from pipeline.stats import ALPHA, BLOCK, PUBLISHED_SEED, REPORTED_AVERAGE
@@ -47,8 +48,19 @@ class ComparisonTable:
 
 
 def default_baseline(methods: list[str]) -> str:
-    """LoRA when it ran, else the first method named."""
+    """LoRA when it ran (a row named lora, else the first named lora-something), else the first row."""
     return next((m for m in methods if m == "lora"), next((m for m in methods if m.startswith("lora")), methods[0]))
+
+
+def resolve_baseline(methods: list[str], baseline: str | None) -> str:
+    """The row the table tests against: `baseline` itself, its first row with hyperparameters
+    shown ("lora" finds "lora (r=8)"), or the default when none is asked for."""
+    if baseline is None:
+        return default_baseline(methods)
+    found = next((m for m in methods if m == baseline), next((m for m in methods if m.startswith(f"{baseline} (")), None))
+    if found is None:
+        raise ValueError(f"baseline {baseline!r} is not a method of these results (methods: {', '.join(methods)})")
+    return found
 
 
 def row_labels(results: pd.DataFrame) -> pd.Series:
@@ -128,7 +140,7 @@ def comparison_table(
         labels = results.drop_duplicates("run_key").set_index("run_key")["method"]
         items = items.assign(method=items["run_key"].map(labels).fillna(items["method"]))
     methods = list(dict.fromkeys(results["method"]))
-    baseline = baseline if baseline in methods else default_baseline(methods)
+    baseline = resolve_baseline(methods, baseline)
     values = stats.seed_values(results)
     order = {name: i for i, name in enumerate([*methods, *dict.fromkeys(results["task"])])}
     values = values.sort_values(["method", "task"], key=lambda column: column.map(order), kind="stable")
@@ -188,17 +200,10 @@ def _cell(method: str, column: str, seeds: pd.DataFrame, test, alpha: float) -> 
 # ---- rendering ------------------------------------------------------------------------------
 
 
-def _cell_text(cell, fmt: str) -> str:
+def _cell_text(cell) -> str:
     spread = "" if np.isnan(cell["std"]) else f" ± {cell['std']:.2f}"
     n = "†" if cell["published"] else f" (n={cell['n']})"
-    text = f"{cell['mean']:.2f}{spread}{n}{cell['mark']}"
-    if fmt == "tex":
-        text = text.replace("±", r"$\pm$").replace(UP, r"$\uparrow$").replace(DOWN, r"$\downarrow$").replace("†", r"$^\dagger$")
-        return rf"\textbf{{{text}}}" if cell["best"] else text
-    if fmt == "html":
-        text = html.escape(text)
-        return f"<b>{text}</b>" if cell["best"] else text
-    return f"**{text}**" if cell["best"] else text
+    return f"{cell['mean']:.2f}{spread}{n}{cell['mark']}"
 
 
 def _cost_text(cost: pd.Series) -> dict[str, str]:
@@ -211,19 +216,48 @@ def _cost_text(cost: pd.Series) -> dict[str, str]:
     return {"Params": shown, "tok/s": ratio(cost.get("tokens_per_s", math.nan)), "mem": ratio(cost.get("peak_mem_mb", math.nan))}
 
 
-def block_frame(block: Block, fmt: str) -> pd.DataFrame:
-    """The block as displayed: a row per method, a text cell per column, then its cost."""
-    shown = []
+def block_frame(block: Block) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The block as displayed, in plain text: a row per method, a cell per column, then its cost;
+    and beside it which cells are the best of their column."""
+    shown, best = [], []
     for row, cells in block.cells.groupby("row", sort=False):
-        by_column = {c["column"]: _cell_text(c, fmt) for _, c in cells.iterrows()}
+        cells = cells.set_index("column")
         cost = block.cost.loc[row] if row in block.cost.index else pd.Series(dtype=float)
-        shown.append({"Method": row, **{c: by_column.get(c, "") for c in block.columns}, **_cost_text(cost)})
+        shown.append({"Method": row, **{c: _cell_text(cells.loc[c]) if c in cells.index else "" for c in block.columns}, **_cost_text(cost)})
+        best.append({"Method": False, **{c: bool(c in cells.index and cells.loc[c, "best"]) for c in block.columns}})
     frame = pd.DataFrame(shown)
-    return frame.loc[:, (frame != "").any(axis=0)]  # no empty cost columns for published tables
+    keep = (frame != "").any(axis=0)  # no empty cost columns for published tables
+    return frame.loc[:, keep], pd.DataFrame(best).reindex(columns=frame.columns[keep], fill_value=False)
 
 
-def _tex_escape(text: str) -> str:
-    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("×", r"$\times$")
+# LaTeX for the characters our cells and reports use; everything else passes as UTF-8.
+TEX = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "{": r"\{", "}": r"\}", "^": r"\^{}", "~": r"\~{}",
+       "\\": r"\textbackslash{}", "±": r"$\pm$", UP: r"$\uparrow$", DOWN: r"$\downarrow$", "†": r"$^\dagger$",
+       "×": r"$\times$", "Δ": r"$\Delta$", "ε": r"$\varepsilon$", "≥": r"$\geq$", "·": r"$\cdot$"}
+
+
+def _markup(text: str, bold: bool, fmt: str) -> str:
+    """One cell's text in `fmt`, escaped, and bold where it is the best of its column."""
+    if fmt == "tex":
+        text = "".join(TEX.get(ch, ch) for ch in text)
+        return rf"\textbf{{{text}}}" if bold else text
+    if fmt == "html":
+        text = html.escape(text)
+        return f"<b>{text}</b>" if bold else text
+    return f"**{text}**" if bold and text else text
+
+
+def _frame_text(title: str, level: int, frame: pd.DataFrame, bold: pd.DataFrame | None = None, *, fmt: str) -> str:
+    """A titled table in md, html or tex."""
+    bold = bold if bold is not None else pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    cells = pd.DataFrame({c: [_markup(str(t), b, fmt) for t, b in zip(frame[c], bold[c])] for c in frame.columns})
+    cells.columns = [_markup(str(c), False, fmt) for c in frame.columns]
+    if fmt == "md":
+        return f"{'#' * level} {title}\n\n{cells.to_markdown(index=False, disable_numparse=True)}\n"
+    if fmt == "html":
+        return f"<h{level}>{html.escape(title)}</h{level}>\n{cells.to_html(index=False, escape=False)}"
+    caption = _markup(title, False, "tex")
+    return f"% {title}\n" + cells.to_latex(index=False, escape=False, caption=caption)
 
 
 def render(table: ComparisonTable, fmt: str) -> str:
@@ -238,19 +272,7 @@ def render(table: ComparisonTable, fmt: str) -> str:
         tidy["correction"] = tidy["test"].map(lambda t: t.correction if t is not None else "")
         tidy["baseline"] = table.baseline
         return tidy.drop(columns="test").to_csv(index=False)
-    parts = []
-    for block in table.blocks:
-        title = f"{block.backbone} · {block.regime}"
-        frame = block_frame(block, fmt)
-        if fmt == "md":
-            parts.append(f"### {title}\n\n{frame.to_markdown(index=False, disable_numparse=True)}\n")
-        elif fmt == "html":
-            body = frame.map(lambda s: s if s.startswith("<b>") else html.escape(s)).to_html(index=False, escape=False)
-            parts.append(f"<h3>{html.escape(title)}</h3>\n{body}")
-        else:
-            frame = frame.map(lambda s: s if "$" in s or s.startswith("\\") else _tex_escape(s))
-            frame.columns = [_tex_escape(c) for c in frame.columns]
-            parts.append(f"% {title}\n" + frame.to_latex(index=False, escape=False, caption=_tex_escape(title)))
+    parts = [_frame_text(f"{b.backbone} · {b.regime}", 3, *block_frame(b), fmt=fmt) for b in table.blocks]
     legend = table.legend
     if fmt == "md":
         parts.append("\n".join(f"- {line}" for line in legend))
@@ -314,16 +336,6 @@ def _verdict_frame(verdicts: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _section(title: str, frame: pd.DataFrame, fmt: str) -> str:
-    if fmt == "md":
-        return f"## {title}\n\n{frame.to_markdown(index=False, disable_numparse=True)}\n"
-    if fmt == "html":
-        return f"<h2>{html.escape(title)}</h2>\n{frame.to_html(index=False)}"
-    frame = frame.map(lambda s: _tex_escape(str(s)))
-    frame.columns = [_tex_escape(c) for c in frame.columns]
-    return f"% {title}\n" + frame.to_latex(index=False, escape=False, caption=_tex_escape(title))
-
-
 def render_report(
     results: pd.DataFrame,
     items: pd.DataFrame | None = None,
@@ -338,17 +350,15 @@ def render_report(
     `claims` is a claims file (path or `pipeline.claims.ClaimsFile`) or None. csv gives the
     tidy cells only (one row per table cell, with p, test and correction), for further analysis.
     """
-    from pipeline import claims as claims_check
-
     table = comparison_table(results, items, baseline, alpha, with_aso)
     if fmt == "csv":
         return render(table, fmt)
     parts = [render(table, fmt)]
     if table.average_tests is not None and len(table.average_tests):
-        parts.append(_section(f"Average gain over {table.baseline}", _detail_frame(table), fmt))
+        parts.append(_frame_text(f"Average gain over {table.baseline}", 2, _detail_frame(table), fmt=fmt))
     if table.task_tests is not None and len(table.task_tests):
-        parts.append(_section(f"Per-task tests against {table.baseline}", _per_task_frame(table), fmt))
+        parts.append(_frame_text(f"Per-task tests against {table.baseline}", 2, _per_task_frame(table), fmt=fmt))
     if claims is not None:
         verdicts = claims_check.check(results, claims, items=items)  # at the claims file's own α
-        parts.append(_section("Claims", _verdict_frame(verdicts), fmt))
+        parts.append(_frame_text("Claims", 2, _verdict_frame(verdicts), fmt=fmt))
     return "\n".join(parts)

@@ -93,6 +93,21 @@ def test_csv_is_tidy_with_each_p_value_named(table):
     assert (tidy["baseline"] == "lora").all()
 
 
+def test_an_unknown_baseline_is_an_error_that_names_the_methods(sweep):
+    results, _ = sweep
+    with pytest.raises(ValueError, match="baseline 'loar' is not a method of these results .*lr_lora"):
+        tables.comparison_table(results, baseline="loar")
+    results = results.assign(hparams=results["method"].map(lambda m: {"r": 8 if m == "lora" else 16}))
+    assert tables.resolve_baseline(list(tables.row_labels(results).unique()), "lora") == "lora (r=8)"
+
+
+def test_latex_escapes_what_latex_would_choke_on():
+    results, _ = sweep_frames({"lora": 0.5, "lr_lora": 0.6}, tasks=("piqa",), seeds=(1,), n_items=20)
+    results["method"] = results["method"].replace({"lr_lora": "lr_lora 50%"})
+    tex = tables.render(tables.comparison_table(results), "tex")
+    assert r"lr\_lora 50\%" in tex and "50%" not in tex
+
+
 def test_unknown_format_is_an_error_that_names_the_choices(table):
     with pytest.raises(ValueError, match="md, html, tex, csv"):
         tables.render(table, "xlsx")
