@@ -42,11 +42,16 @@ class ElaVariant(variants.PeftbenchVariant):
         variants.add_container(module, "lora_ela")[adapter_name] = gate.to(module.lora_A[adapter_name].weight.device)
 
     @staticmethod
-    def delta_weight(module, adapter):
+    def factors(module, adapter):
+        """(s·P·diag(λ ⊙ m), Q), ΔW = their product."""
         gate = module.lora_ela[adapter]
+        return module.scaling[adapter] * module.lora_B[adapter].weight * (gate.lam * gate.mask), module.lora_A[adapter].weight
+
+    @classmethod
+    def delta_weight(cls, module, adapter):
         with torch.no_grad():
-            P, Q = module.lora_B[adapter].weight, module.lora_A[adapter].weight
-            return module.scaling[adapter] * (P * (gate.lam * gate.mask)) @ Q
+            B, A = cls.factors(module, adapter)
+            return B @ A
 
     @staticmethod
     def forward(module, active_adapter, x, result, **kwargs):
@@ -102,14 +107,16 @@ def reallocate(model: nn.Module, step: int, total_steps: int) -> None:
 
 def _prune_and_expand(found, gates, k: int) -> None:
     active = [(float(g.importance[i]), n, i) for n, g in enumerate(gates) for i in torch.nonzero(g.mask).flatten().tolist()]
+    pruned = set()
     for _, n, i in sorted(active)[:k]:
         gates[n].mask[i] = 0
         gates[n].lam[i] = 0
+        pruned.add((n, i))
     mean = [float(g.importance[g.mask > 0].mean()) if g.mask.any() else 0.0 for g in gates]
-    with_room = [n for n in sorted(range(len(gates)), key=lambda n: -mean[n]) if not gates[n].mask.all()]
-    for n in with_room[:k]:
-        gate, (_, layer, adapter) = gates[n], found[n]
-        i = int(torch.nonzero(gate.mask == 0)[0])
+    # a slot pruned in this round is not reopened in it: that would only reset it
+    free = {n: [i for i in torch.nonzero(g.mask == 0).flatten().tolist() if (n, i) not in pruned] for n, g in enumerate(gates)}
+    for n in [n for n in sorted(range(len(gates)), key=lambda n: -mean[n]) if free[n]][:k]:
+        gate, (_, layer, adapter), i = gates[n], found[n], free[n][0]
         gate.mask[i], gate.lam[i], gate.importance[i] = 1, 0, 0
         nn.init.normal_(layer.lora_B[adapter].weight[:, i], std=0.02)
         nn.init.normal_(layer.lora_A[adapter].weight[i], std=0.02)

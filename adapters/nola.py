@@ -51,9 +51,15 @@ class NolaVariant(variants.PeftbenchVariant):
         module.lora_B[adapter_name] = BasisMixture(opts["num_basis_b"], module.out_features, r, seed + 1, zero=True).to(device)
 
     @staticmethod
-    def delta_weight(module, adapter):
+    def factors(module, adapter):
+        """(B', A') with ΔW = B'·A' (full rank r): the exact route of adapters.analysis."""
+        return module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight
+
+    @classmethod
+    def delta_weight(cls, module, adapter):
         with torch.no_grad():
-            return module.scaling[adapter] * (module.lora_B[adapter].weight @ module.lora_A[adapter].weight)
+            B, A = cls.factors(module, adapter)
+            return B @ A
 
     @staticmethod
     def forward(module, active_adapter, x, result, **kwargs):

@@ -85,6 +85,14 @@ class ShiftVariant(variants.PeftbenchVariant):
         variants.add_container(module, "lora_shift")[adapter_name] = mod.to(module.lora_A[adapter_name].weight.device)
 
     @staticmethod
+    def factors(module, adapter):
+        """ΔW = s·Σ_m diag(p_m)·B·A·diag(q_m) = [s·p_1 ⊙ B, …]·[A ⊙ q_1; …]: rank ≤ m·r, exact."""
+        A, B = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        terms = module.lora_shift[adapter].terms()
+        s = module.scaling[adapter]
+        return torch.cat([s * p[:, None] * B for p, _ in terms], 1), torch.cat([A * q for _, q in terms], 0)
+
+    @staticmethod
     def delta_weight(module, adapter):
         A, B = module.lora_A[adapter].weight, module.lora_B[adapter].weight
         with torch.no_grad():

@@ -1,0 +1,109 @@
+"""Diagnostics per adapted module: stable rank and spectrum of ΔW, and each method's own curve.
+
+srank(M) = ‖M‖_F² / ‖M‖_2², the LR-LoRA paper's central figure. Factored updates ΔW = B'·A'
+(LoRA, NoLA, DyLoRA, ElaLoRA, and LoRA-SHIFT as a sum of m rank-r products) take the exact
+route: B' = Q_B R_B, A'ᵀ = Q_A R_A, so ΔW = Q_B (R_B R_Aᵀ) Q_Aᵀ has the singular values of
+the small core R_B R_Aᵀ. Dense updates (the elementwise family) use power iteration for
+‖·‖_2 (a few matrix-vector products, no SVD of a d×k matrix) and svdvals for the spectrum.
+
+For `lr_lora` (paper reading) ΔW carries the dense constant φ(0)·11ᵀ once a ≠ 0, which
+dominates srank at small |Z|; so also srank(φ(s·Z) − φ(0)) (METHODS.md risk 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from peft.tuners.lora.layer import LoraLayer
+
+from adapters import elementwise, shift, variants
+
+
+@dataclass
+class ModuleReport:
+    name: str
+    shape: tuple[int, int]  # (d_out, d_in)
+    stable_rank: float
+    spectrum: torch.Tensor  # singular values of ΔW, descending (the non-zero part for factored updates)
+    phi_curve: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, φ(z)) for lr_lora*
+    shift_map: torch.Tensor | None = None  # S (d_out × d_in) for lora_shift
+    stable_rank_centered: float | None = None  # srank(φ(s·Z) − φ(0)) for paper lr_lora
+
+
+def factored_spectrum(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Singular values of B·A (B: d×q, A: q×k) from the q×q core of two QRs; exact, O((d + k)q²)."""
+    _, R_B = torch.linalg.qr(B.double())
+    _, R_A = torch.linalg.qr(A.double().T)
+    return torch.linalg.svdvals(R_B @ R_A.T).to(B.dtype)
+
+
+def spectral_norm(M: torch.Tensor, iters: int = 200, tol: float = 1e-9, seed: int = 0) -> float:
+    """‖M‖_2 by power iteration on MᵀM from a seeded random start (stops at relative change < tol)."""
+    M = M.double()
+    v = torch.randn(M.shape[1], generator=torch.Generator().manual_seed(seed), dtype=M.dtype)
+    sigma = 0.0
+    for _ in range(iters):
+        w = M.T @ (M @ v)
+        norm = float(w.norm())
+        if norm == 0.0:
+            return 0.0
+        v = w / norm
+        new = norm**0.5
+        if abs(new - sigma) <= tol * new:
+            return new
+        sigma = new
+    return sigma
+
+
+def stable_rank(M: torch.Tensor) -> float:
+    """‖M‖_F² / ‖M‖_2² of a dense matrix (power iteration for the 2-norm); 0 for M = 0."""
+    top = spectral_norm(M)
+    return float(M.double().norm() ** 2 / top**2) if top else 0.0
+
+
+def _srank_of(sv: torch.Tensor) -> float:
+    return float((sv.double() ** 2).sum() / sv.double().max() ** 2) if sv.numel() and sv.max() > 0 else 0.0
+
+
+def analyze(model: nn.Module) -> list[ModuleReport]:
+    """One report per LoRA-shaped adapted module of `model` (its active adapter)."""
+    reports = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer) and hasattr(module, "lora_A") and module.active_adapters:
+                reports.append(_report(name, module, module.active_adapters[0]))
+    return reports
+
+
+def _report(name: str, module: LoraLayer, adapter: str) -> ModuleReport:
+    variant = module.lora_variant.get(adapter)
+    shape = (module.out_features, module.in_features)
+    if isinstance(variant, elementwise.ElementwiseVariant):
+        return _elementwise_report(name, shape, module, adapter)
+    if hasattr(variant, "factors"):
+        B, A = variant.factors(module, adapter)
+    elif variant is None:  # peft's vanilla LoRA: ΔW = s·B·A
+        B, A = module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight
+    else:  # other peft variants (DoRA, ...): the dense ΔW peft merges
+        delta = module.get_delta_weight(adapter)
+        return ModuleReport(name, shape, stable_rank(delta), torch.linalg.svdvals(delta.double()).float())
+    sv = factored_spectrum(B, A)
+    report = ModuleReport(name, shape, _srank_of(sv), sv)
+    if isinstance(variant, shift.ShiftVariant):
+        report.shift_map = module.lora_shift[adapter].dense()
+    return report
+
+
+def _elementwise_report(name, shape, module, adapter) -> ModuleReport:
+    A, B, phi, (s_in, s_out), params = elementwise.ElementwiseVariant._args(module, adapter)
+    delta = elementwise.delta_weight(A, B, phi, params, s_in, s_out)
+    report = ModuleReport(name, shape, stable_rank(delta), torch.linalg.svdvals(delta.double()).float())
+    if isinstance(phi, elementwise.SincPhi):
+        limit = float(phi.grid.abs().max())
+        z = torch.linspace(-limit, limit, 201)
+        report.phi_curve = (z, phi.value(z, *params))
+        if phi.reading == "paper":
+            report.stable_rank_centered = stable_rank(delta - s_out * phi.value(torch.zeros(1), *params))
+    return report
