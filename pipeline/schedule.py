@@ -23,6 +23,7 @@ def connect(address: str | None) -> None:
     `ray job submit` run read the same files.
     """
     env = {k: os.environ[k] for k in ("PEFTBENCH_DATA", "PEFTBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if k in os.environ}
+    env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
     if ray.is_initialized():
         return
     ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
