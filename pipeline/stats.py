@@ -69,6 +69,7 @@ class Interval:
 
 
 NOT_TESTED = Significance("not tested (too few paired observations)", math.nan)
+NOT_BINARY = Significance("not tested (McNemar needs 0/1 scores per item)", math.nan)
 
 
 # ---- tests on paired arrays -------------------------------------------------------------
@@ -106,10 +107,13 @@ def paired_t(a, b, unit: str = "seeds") -> Significance:
     """Two-sided paired t-test (scipy `ttest_rel`); `unit` says what the pairs are."""
     if len(a) < 2:
         return NOT_TESTED
-    with warnings.catch_warnings():  # identical inputs: scipy warns and returns NaN, which we keep
+    name = f"paired t-test over {unit}"
+    if np.array_equal(a, b):  # scipy says NaN (0/0); no difference at all is no evidence: p = 1
+        return Significance(name, 1.0, 0.0, n=len(a))
+    with warnings.catch_warnings():  # equal nonzero differences: scipy warns, gives t = ±inf, p = 0
         warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_rel(a, b)
-    return Significance(f"paired t-test over {unit}", float(result.pvalue), float(result.statistic), n=len(a))
+    return Significance(name, float(result.pvalue), float(result.statistic), n=len(a))
 
 
 def wilcoxon_signed_rank(a, b, unit: str = "seeds") -> Significance:
@@ -220,7 +224,7 @@ def paired_items(items: pd.DataFrame, method: str, baseline: str, score: str = "
 
 
 def per_item(items: pd.DataFrame, method: str, baseline: str, score: str = "acc", seed: int = 0) -> pd.DataFrame:
-    """Per (backbone, regime, task, seed): accuracies, exact McNemar and a paired bootstrap CI."""
+    """Per (backbone, regime, task, seed): scores, exact McNemar (0/1 scores) and a paired bootstrap CI."""
     rows = []
     for key, pair in paired_items(items, method, baseline, score).groupby(PAIR):
         a, b = pair[f"{score}_a"].to_numpy(), pair[f"{score}_b"].to_numpy()
@@ -232,7 +236,7 @@ def per_item(items: pd.DataFrame, method: str, baseline: str, score: str = "acc"
                 score_b=100 * b.mean(),
                 diff=100 * (a.mean() - b.mean()),
                 ci=paired_bootstrap_ci(100 * a, 100 * b, seed=seed),
-                mcnemar=mcnemar_exact(a, b),
+                mcnemar=mcnemar_exact(a, b) if np.isin(np.r_[a, b], (0, 1)).all() else NOT_BINARY,
             )
         )
     return pd.DataFrame(rows, columns=PAIR + ["n_items", "score_a", "score_b", "diff", "ci", "mcnemar"])
@@ -268,6 +272,7 @@ class AverageDifference:
     ci: Interval | None
     tasks: tuple[str, ...]
     n_seeds: int
+    baseline_mean: float  # the baseline's average over the same tasks, for relative gains
 
 
 def average_difference(
@@ -305,7 +310,7 @@ def average_difference(
         ci = Interval(diff, diff, 0.95, f"all {len(a)} paired differences equal")
     else:
         ci = None
-    return AverageDifference(diff, test, ci, tasks, n_seeds)
+    return AverageDifference(diff, test, ci, tasks, n_seeds, float(by_task["value_b"].mean()) if tasks else math.nan)
 
 
 def across_tasks(
