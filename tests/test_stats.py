@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar
@@ -89,7 +90,7 @@ def test_two_names_for_one_method_show_no_difference():
     values = stats.seed_values(results)
     summary = stats.across_tasks(values, baseline="lora", items=items)
     assert summary["diff"].tolist() == [0.0]
-    assert not summary["test"][0].significant()
+    assert summary["test"][0].p == 1.0 and summary["test"][0].correction == "Holm–Bonferroni over 1 comparison"
     per_item = stats.per_item(items, "lora_copy", "lora")
     assert (per_item["mcnemar"].map(lambda t: t.p) == 1.0).all()
     assert not stats.per_task(values, "lora_copy", "lora")["t_test"].map(lambda t: t.significant()).any()
@@ -112,3 +113,20 @@ def test_fraction_metrics_are_compared_in_points():
     results, _ = sweep_frames({"lora": 0.6}, tasks=("arc_easy",), seeds=(1,))
     values = stats.seed_values(results)
     assert values["value"].iloc[0] == pytest.approx(100 * results["value"].iloc[0])
+
+
+def test_each_task_is_compared_on_its_own_metric():
+    results, _ = sweep_frames({"lora": 0.6}, tasks=("arc_easy", "cola"), seeds=(1,), n_items=20)
+    norm = results.assign(metric="acc_norm", value=0.99)
+    results.loc[results["task"] == "cola", "metric"] = "mcc"
+    frame = pd.concat([results, norm])
+    assert stats.task_metrics(frame) == {"arc_easy": "acc", "cola": "mcc"}
+    assert (stats.seed_values(frame)["value"] < 99).all()  # acc_norm stood aside
+
+
+def test_mcnemar_is_only_run_on_right_or_wrong_items():
+    _, items = sweep_frames({"lora": 0.6, "lr_lora": 0.7}, tasks=("squad",), seeds=(1,), n_items=50)
+    items["f1"] = items["acc"] * 0.8  # a graded per-item score
+    graded = stats.per_item(items, "lr_lora", "lora", score="f1")
+    assert graded["mcnemar"].item() is stats.NOT_BINARY
+    assert graded["diff"].item() == pytest.approx(0.8 * stats.per_item(items, "lr_lora", "lora")["diff"].item())
