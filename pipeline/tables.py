@@ -135,6 +135,8 @@ def comparison_table(
 
     `with_aso` adds deepsig's ASO per task (seconds per comparison, so off by default).
     """
+    if results.empty:
+        raise ValueError("the results frame is empty: no finished runs to compare")
     results = results.assign(method=row_labels(results))
     if items is not None:
         labels = results.drop_duplicates("run_key").set_index("run_key")["method"]
@@ -173,6 +175,8 @@ def _block(backbone, regime, values, results, task_tests, average_tests, baselin
         if tasks:  # Average: each seed's mean over all tasks, then mean ± std over seeds
             complete = rows[rows["task"].isin(tasks)].groupby("seed").filter(lambda s: s["task"].nunique() == len(tasks))
             per_seed = complete.groupby("seed", as_index=False)["value"].mean()
+            if per_seed.empty:
+                continue  # no seed of this method has every task: no average to show
             test = average_tests[(average_tests["backbone"] == backbone) & (average_tests["regime"] == regime)
                                  & (average_tests["method"] == method)]
             cells.append(_cell(method, AVERAGE, per_seed, test.iloc[0] if len(test) else None, alpha))

@@ -165,3 +165,14 @@ def test_aso_is_reported_per_task_only_when_asked():
     assert tables.comparison_table(results).task_tests["aso"].isna().all()
     eps = tables.comparison_table(results, with_aso=True).task_tests["aso"].item()
     assert eps < 0.2  # lr_lora almost stochastically dominates lora
+
+
+def test_a_method_missing_a_task_gets_no_average_and_an_empty_frame_is_an_error():
+    results, _ = sweep_frames({"lora": 0.5, "ia3": 0.6}, tasks=("piqa", "boolq"), seeds=(1, 2), n_items=50)
+    results = results[~((results["method"] == "ia3") & (results["task"] == "boolq"))]
+    block = tables.comparison_table(results).blocks[0]
+    assert set(block.cells[block.cells["row"] == "ia3"]["column"]) == {"piqa"}
+    md_row = next(line for line in tables.render(tables.comparison_table(results), "md").splitlines() if line.startswith("| ia3"))
+    assert [cell.strip() for cell in md_row.split("|")[2:5]][1:] == ["", ""]  # boolq and Average left blank
+    with pytest.raises(ValueError, match="no finished runs"):
+        tables.comparison_table(results.iloc[:0])
