@@ -128,13 +128,15 @@ def trials(values: pd.DataFrame, claim: Claim) -> list[Trial]:
     return out
 
 
-def _scale_line(trial: Trial, n_seeds: int) -> str:
+def _scale_line(trial: Trial, n_seeds: int, n_train: float | None) -> str:
+    """Where the claim was made and where it was measured, side by side."""
     s, claim = trial.claim.scale, trial.claim
     claimed = [s.backbone, f"regime {s.regime}" if s.regime else None,
                f"{s.n_train:,} training examples" if s.n_train else None, f"{s.seeds} seeds" if s.seeds else None,
                f"{len(claim.tasks)} tasks" if claim.tasks else None]
     of = f" of the claim's {len(claim.tasks)}" if claim.tasks else ""
-    measured = (f"{trial.backbone}, regime {trial.regime}, {n_seeds} seed(s), "
+    size = "" if n_train is None or math.isnan(n_train) else f" ({n_train:,.0f} training examples)"
+    measured = (f"{trial.backbone}, regime {trial.regime}{size}, {n_seeds} seed(s), "
                 f"{len(trial.tasks)}{of} task(s) ({', '.join(trial.tasks)})")
     return f"claimed on {', '.join(c for c in claimed if c)}; measured on {measured}."
 
@@ -194,6 +196,8 @@ def check(
     values = stats.seed_values(results)
     values = values[values["task"] != REPORTED_AVERAGE]
     planned = [t for claim in claims.claims for t in trials(values, claim)]
+    # A results frame may say how many training examples each regime had (column n_train).
+    n_train = results.groupby(BLOCK)["n_train"].first().to_dict() if "n_train" in results else {}
     results_by = {t.comparison: _compare(values, items, t) for t in planned if t.testable}
     corrected = dict(zip(results_by, stats.holm([r.test for r in results_by.values()], alpha)))
     rows = []
@@ -202,9 +206,9 @@ def check(
                    method=t.method, baseline=t.baseline, note=t.claim.note)
         if t.testable:
             result = results_by[t.comparison]
-            row |= dict(scale=_scale_line(t, result.n_seeds), **judge(t.claim, result, corrected[t.comparison], alpha))
+            row |= dict(scale=_scale_line(t, result.n_seeds, n_train.get((t.backbone, t.regime))), **judge(t.claim, result, corrected[t.comparison], alpha))
         else:
-            row |= dict(scale=_scale_line(t, 0), verdict="inconclusive", why=_not_measured(t))
+            row |= dict(scale=_scale_line(t, 0, n_train.get((t.backbone, t.regime))), verdict="inconclusive", why=_not_measured(t))
         rows.append(row)
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 

@@ -36,6 +36,8 @@ def test_a_large_significant_gain_supports_the_claim_and_says_the_scale_differs(
     assert row["measured"] > 3.54 and row["p"] < 0.05 and row["test"] == "paired t-test over per-task means"
     assert "claimed on qwen2-0.5b" in row["scale"] and "measured on smollm2-135m" in row["scale"]
     assert "4 of the claim's 8 task(s)" in row["scale"]
+    sized = verdict_of(results.assign(n_train=1024), QWEN_15K, items)
+    assert "regime cs-1k (1,024 training examples)" in sized["scale"] and "15,000 training examples" in sized["scale"]
 
 
 def test_the_same_method_under_two_names_refutes_a_claimed_gain():
