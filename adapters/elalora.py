@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from adapters import variants
+from adapters import variants, zero
 from adapters.peft_methods import positive
 from adapters.registry import MethodError, register, register_after_backward
 
@@ -97,12 +97,14 @@ def reallocate(model: nn.Module, step: int, total_steps: int) -> None:
     gates = [layer.lora_ela[adapter] for _, layer, adapter in found]
     with torch.no_grad():
         for gate in gates:
-            if gate.lam.grad is not None:
-                score = (gate.lam * gate.lam.grad).abs() * gate.mask
+            lam_grad = zero.grad(gate.lam)
+            if lam_grad is not None:
+                score = (gate.lam * lam_grad).abs() * gate.mask
                 gate.importance.mul_(opts["beta"]).add_(score, alpha=1 - opts["beta"])
         start, stop = opts["t_init"] * total_steps, (1 - opts["t_final"]) * total_steps
         if start <= step < stop and step % opts["interval"] == 0 and step > 0:
             _prune_and_expand(found, gates, opts["k"])
+            zero.written([g.lam for g in gates] + [w for _, layer, a in found for w in (layer.lora_A[a].weight, layer.lora_B[a].weight)])
 
 
 def _prune_and_expand(found, gates, k: int) -> None:

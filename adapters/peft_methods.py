@@ -11,6 +11,7 @@ import peft
 import torch
 import torch.nn as nn
 
+from adapters import zero
 from adapters.registry import MethodError, register, register_after_backward, register_optimizer
 
 
@@ -94,12 +95,14 @@ def build_loraplus(
 
 @register_optimizer("loraplus")
 def loraplus_optimizer(model, lr: float, weight_decay: float, loraplus_lr_ratio: float = 16.0, **_) -> torch.optim.Optimizer:
-    """peft's LoRA+ parameter groups (B at lr × ratio) under AdamW."""
+    """peft's LoRA+ parameter groups (B at lr × ratio) under AdamW, without its empty groups
+    (DeepSpeed drops empty groups, which would desynchronise the LR schedule from the optimizer)."""
     from peft.optimizers import create_loraplus_optimizer
 
-    return create_loraplus_optimizer(
+    optimizer = create_loraplus_optimizer(
         model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio, weight_decay=weight_decay, betas=(0.9, 0.999)
     )
+    return torch.optim.AdamW([g for g in optimizer.param_groups if g["params"]], lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
 
 
 @register("vera")
@@ -175,7 +178,10 @@ def adalora_after_backward(model, step: int, total_steps: int) -> None:
     config = model.peft_config[model.active_adapter]
     if config.total_step != total_steps:
         config.total_step = total_steps  # the schedule (tinit..total_step − tfinal) needs the real length
-    model.base_model.update_and_allocate(step)
+    params = [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+    with zero.visible_grads(params):  # peft reads p.grad, which ZeRO-2 empties
+        model.base_model.update_and_allocate(step)
+    zero.written(params)  # peft masks lora_E in place; ZeRO's master copy must follow
 
 
 @register("ia3")

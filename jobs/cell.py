@@ -60,7 +60,10 @@ def _train_and_score(cell: Cell, run: track.CellRun) -> dict[str, float]:
     if trainable:
         n = None if cell.regime.n_examples == "full" else cell.regime.n_examples
         examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, data_dir)
-        model, result = train(model, tokenizer, examples, cell.train, cell.seed, on_step=lambda s, loss: run.log_metric("train/loss", loss, s))
+        model, result = train(
+            model, tokenizer, examples, cell.train, cell.seed,
+            on_step=lambda s, loss: run.log_metric("train/loss", loss, s), method=cell.method, hparams=cell.hparams,
+        )
         metrics.update(
             {
                 "train/final_loss": result.losses[-1],

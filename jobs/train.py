@@ -19,6 +19,8 @@ import deepspeed
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+import adapters
+
 IGNORE = -100  # label value the loss skips: prompt tokens and padding
 
 
@@ -99,6 +101,8 @@ def train(
     args,
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
+    method: str = "none",
+    hparams: dict | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Train the trainable parameters of `model` on `examples`; returns (trained model, stats).
 
@@ -115,8 +119,8 @@ def train(
     per_step = args.micro_batch_size * args.grad_accum * world
     steps = args.max_steps or max(1, len(rows) // per_step) * args.epochs
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    # AdamW over the trainable parameters unless the method needs its own (LoRA+ groups, ...)
+    optimizer = adapters.make_optimizer(model, method, args.lr, args.weight_decay, hparams)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup_ratio * steps), steps)
     config = {
         "train_micro_batch_size_per_gpu": args.micro_batch_size,
@@ -134,10 +138,12 @@ def train(
     started = time.perf_counter()
     for step in range(steps):
         step_loss = 0.0
-        for _ in range(args.grad_accum):
+        for micro in range(args.grad_accum):
             batch = {k: v.to(engine.device) for k, v in collate(next(batches), tokenizer.pad_token_id).items()}
             loss = engine(**batch).loss
             engine.backward(loss)
+            if micro == args.grad_accum - 1:  # the method's per-step work (AdaLoRA, DyLoRA, ElaLoRA)
+                adapters.after_backward(engine.module, method, step, steps)
             engine.step()
             step_loss += loss.item() / args.grad_accum
             result.train_tokens += int(batch["attention_mask"].sum()) * world
