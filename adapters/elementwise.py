@@ -19,7 +19,9 @@ G×d×k, and nothing d×k is kept between forward and backward.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -28,8 +30,10 @@ import torch.nn.functional as F
 from adapters import variants
 from adapters.registry import MethodError, register
 
-BLOCK_ELEMENTS = 2**16  # elements of one row block of Z; × grid chunk = largest temporary
+BLOCK_ELEMENTS = 2**16  # elements of one row block of Z; × grid chunk = largest eager temporary
 GRID_CHUNK = 8
+# torch.compile the sinc kernels (PEFTBENCH_COMPILE=0 for eager: tests, float64 gradchecks)
+COMPILE = os.environ.get("PEFTBENCH_COMPILE", "1") == "1"
 TAYLOR_BELOW = 0.1  # |t| under which sinc′ uses its Taylor series (w/t cancels in fp32)
 
 
@@ -47,6 +51,36 @@ def sinc_prime(t: torch.Tensor, cos_minus_sinc: torch.Tensor) -> torch.Tensor:
     series = t * (-p2 / 3 + t2 * (p2**2 / 30 + t2 * (-(p2**3) / 840 + t2 * p2**4 / 45360)))
     small = t.abs() < TAYLOR_BELOW
     return torch.where(small, series, cos_minus_sinc / torch.where(small, torch.ones_like(t), t))
+
+
+def sinc_sum(u, a, b, c):
+    """Σ_g a_g sinc(b_g (u − c_g)) over a grid chunk, u flat (n,)."""
+    return (a[:, None] * torch.sinc(b[:, None] * (u - c[:, None]))).sum(0)
+
+
+def sinc_sum_grad(u, g, a, b, c):
+    """(Σ_g a_g b_g sinc′(t_g), then per grid point Σ g ⊙ sinc(t_g) and Σ g ⊙ w_g) for upstream g,
+    t_g = b_g (u − c_g), w_g = cos πt_g − sinc t_g = t_g·sinc′(t_g)."""
+    t = b[:, None] * (u - c[:, None])
+    s = torch.sinc(t)
+    w = torch.cos(math.pi * t) - s
+    return ((a * b)[:, None] * sinc_prime(t, w)).sum(0), (s * g).sum(1), (w * g).sum(1)
+
+
+@functools.cache
+def _compiled_kernels():
+    return torch.compile(sinc_sum, dynamic=True), torch.compile(sinc_sum_grad, dynamic=True)
+
+
+def _kernels():
+    """(sinc_sum, sinc_sum_grad), compiled when COMPILE: inductor fuses the grid loop into one
+    pass over u (about the cost of one sin per element and grid point), with no G×n buffer."""
+    return _compiled_kernels() if COMPILE else (sinc_sum, sinc_sum_grad)
+
+
+def _grid_chunks(size: int):
+    step = size if COMPILE else GRID_CHUNK  # eager: G×n temporaries would exceed the memory bound
+    return [slice(g, g + step) for g in range(0, size, step)]
 
 
 class SincPhi(nn.Module):
@@ -77,11 +111,9 @@ class SincPhi(nn.Module):
     def value(self, u: torch.Tensor, a: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         b, c = F.softplus(beta), self.grid.to(u.dtype)
         out = u.clone() if self.residual else torch.zeros_like(u)
-        flat = out.view(-1)
-        for g in range(0, len(c), GRID_CHUNK):
-            sl = slice(g, g + GRID_CHUNK)
-            t = b[sl, None] * (u.reshape(1, -1) - c[sl, None])
-            flat.add_(a[sl] @ torch.sinc(t))
+        flat, kernel = out.view(-1), _kernels()[0]
+        for sl in _grid_chunks(len(c)):
+            flat += kernel(u.reshape(-1), a[sl], b[sl], c[sl])
         if self.reading == "fixed":
             out -= a @ torch.sinc(-b * c)  # f(0)
         return out
@@ -89,19 +121,16 @@ class SincPhi(nn.Module):
     def grad(self, u, g_out, a, beta):
         """(g_out ⊙ φ′(u), ∂/∂a, ∂/∂β) for the upstream gradient g_out of φ(u)."""
         b, c = F.softplus(beta), self.grid.to(u.dtype)
-        uf, gf = u.reshape(1, -1), g_out.reshape(-1)
-        dphi = torch.ones_like(uf[0]) if self.residual else torch.zeros_like(uf[0])
+        uf, gf = u.reshape(-1), g_out.reshape(-1)
+        dphi = torch.ones_like(uf) if self.residual else torch.zeros_like(uf)
         da, dbeta = torch.empty_like(a), torch.empty_like(beta)
         db_dbeta = torch.sigmoid(beta)
-        for g in range(0, len(c), GRID_CHUNK):
-            sl = slice(g, g + GRID_CHUNK)
-            t = b[sl, None] * (uf - c[sl, None])
-            s = torch.sinc(t)
-            w = torch.cos(math.pi * t) - s  # = t·sinc′(t)
-            da[sl] = s @ gf
+        kernel = _kernels()[1]
+        for sl in _grid_chunks(len(c)):
+            slope, da[sl], w_dot_g = kernel(uf, gf, a[sl], b[sl], c[sl])
+            dphi += slope
             # ∂/∂b_g sinc(b_g(u − c_g)) = sinc′(t)(u − c_g) = w / b_g
-            dbeta[sl] = a[sl] * db_dbeta[sl] / b[sl] * (w @ gf)
-            dphi += (a[sl] * b[sl]) @ sinc_prime(t, w)
+            dbeta[sl] = a[sl] * db_dbeta[sl] / b[sl] * w_dot_g
         if self.reading == "fixed":  # − f(0) contributes − (∂f(0)) · Σ G
             t0 = -b * c
             s0 = torch.sinc(t0)

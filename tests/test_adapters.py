@@ -12,6 +12,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import adapters
+from adapters import elementwise
 from adapters.registry import MethodError
 from jobs import backbones
 
@@ -51,6 +52,12 @@ CASES = [
 ]
 NOT_IDENTITY_AT_INIT = {"prefix_tuning", "prompt_tuning"}  # random virtual tokens by construction
 NOT_MERGEABLE = {"prefix_tuning", "prompt_tuning", "adapter", "bitfit", "full", "none", "qlora"}  # qlora: NF4 rounding
+
+
+@pytest.fixture(autouse=True)
+def eager_kernels(monkeypatch):
+    """Eager sinc kernels: compiling them costs more than these small shapes ever run."""
+    monkeypatch.setattr(elementwise, "COMPILE", False)
 
 
 @pytest.fixture(autouse=True, scope="module")

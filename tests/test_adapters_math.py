@@ -16,6 +16,12 @@ from adapters.shift import ShiftModulation
 from jobs import backbones
 
 
+@pytest.fixture(autouse=True)
+def eager_kernels(monkeypatch):
+    """Eager sinc kernels: compiling them costs more than these small shapes ever run."""
+    monkeypatch.setattr(elementwise, "COMPILE", False)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     threads = torch.get_num_threads()
@@ -68,6 +74,19 @@ def test_merged_elementwise_linear_matches_the_dense_reference_and_passes_gradch
     for a, b in zip(g_out, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
     assert torch.autograd.gradcheck(MergedElementwiseLinear.apply, inputs)
+
+
+def test_compiled_kernels_match_the_eager_ones(monkeypatch):
+    gen = torch.Generator().manual_seed(6)
+    phi = SincPhi(50, 3.0, "paper", False, "inside")
+    with torch.no_grad():
+        phi.a.normal_(generator=gen)
+    u, g = torch.randn(3000, generator=gen) * 2, torch.randn(3000, generator=gen)
+    eager = (phi.value(u, *phi.params()), *phi.grad(u, g, *phi.params()))
+    monkeypatch.setattr(elementwise, "COMPILE", True)
+    compiled = (phi.value(u, *phi.params()), *phi.grad(u, g, *phi.params()))
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
 def test_sinc_prime_matches_a_50_digit_reference_across_the_taylor_threshold():
