@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from adapters import variants
 from adapters.registry import MethodError, register
 
-BLOCK_ELEMENTS = 2**16  # elements of one row block of Z; × grid chunk = largest eager temporary
+BLOCK_ELEMENTS = 2**18  # elements of one row block of Z; × grid chunk = largest eager temporary
 GRID_CHUNK = 8
 # torch.compile the sinc kernels (PEFTBENCH_COMPILE=0 for eager: tests, float64 gradchecks)
 COMPILE = os.environ.get("PEFTBENCH_COMPILE", "1") == "1"

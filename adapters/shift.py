@@ -1,8 +1,9 @@
 """LoRA-SHIFT: ΔW = s · (S ⊙ B·A) with a learned modulation S ∈ R^{d×k}.
 
 Every S here is a short sum of row × column products, S = Σ_m p_m q_mᵀ, so the forward never
-builds a d×k matrix: (p qᵀ ⊙ BA) x = p ⊙ B(A(q ⊙ x)), one low-rank pass per term, LoRA's
-memory. Row coordinate u_i = 2i/(d−1) − 1, column coordinate v_j = 2j/(k−1) − 1.
+builds a d×k matrix: (p qᵀ ⊙ BA) x = (diag(p)·B)(A·diag(q)) x, and stacking the m terms gives
+one LoRA pass of rank m·r through [p_1 ⊙ B, …]·[A ⊙ q_1; …]: LoRA's memory, no pass over
+tokens × width beyond LoRA's. Row coordinate u_i = 2i/(d−1) − 1, column coordinate v_j = 2j/(k−1) − 1.
 
 - `linear`: S = 1 + θ1·u1ᵀ + θ2·1vᵀ = (1 + θ1 u)1ᵀ + 1(θ2 v)ᵀ; θ = 0 at init.
 - `cyclic`: S = 1 + α·sin(2πθ·pos/d). pos = i·k + j (default) splits by the addition formula
@@ -18,6 +19,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from adapters import variants
 from adapters.peft_methods import positive
@@ -100,10 +102,9 @@ class ShiftVariant(variants.PeftbenchVariant):
 
     @staticmethod
     def forward(module, active_adapter, x, result, **kwargs):
-        lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
-        x = module.lora_dropout[active_adapter](x)
-        update = sum(p * lora_B(lora_A(q * x)) for p, q in module.lora_shift[active_adapter].terms())
-        return result + module.scaling[active_adapter] * update
+        """One rank-m·r pass through the stacked factors: no elementwise pass over tokens × width."""
+        B, A = ShiftVariant.factors(module, active_adapter)
+        return result + F.linear(F.linear(module.lora_dropout[active_adapter](x), A), B)
 
 
 variants.VARIANTS["lora_shift"] = ShiftVariant
