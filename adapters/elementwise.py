@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from adapters import variants
 from adapters.registry import MethodError, register
 
-BLOCK_ELEMENTS = 2**18  # elements of one row block of Z; × grid chunk = largest eager temporary
-GRID_CHUNK = 8
+BLOCK_ELEMENTS = 2**18  # elements of one row block of Z (forward; GEMMs of the backward)
+GRAD_CHUNK_ELEMENTS = 2**13  # elements per sin/cos buffer of the backward: 2 × G × this floats
+GRID_CHUNK = 8  # eager: grid points per pass (compiled: the whole grid)
 # torch.compile the sinc kernels (PEFTBENCH_COMPILE=0 for eager: tests, float64 gradchecks)
 COMPILE = os.environ.get("PEFTBENCH_COMPILE", "1") == "1"
 TAYLOR_BELOW = 0.1  # |t| under which sinc′ uses its Taylor series (w/t cancels in fp32)
@@ -58,24 +59,30 @@ def sinc_sum(u, a, b, c):
     return (a[:, None] * torch.sinc(b[:, None] * (u - c[:, None]))).sum(0)
 
 
-def sinc_sum_grad(u, g, a, b, c):
-    """(Σ_g a_g b_g sinc′(t_g), then per grid point Σ g ⊙ sinc(t_g) and Σ g ⊙ w_g) for upstream g,
-    t_g = b_g (u − c_g), w_g = cos πt_g − sinc t_g = t_g·sinc′(t_g)."""
+def sinc_grad_terms(u, a, b, c):
+    """(sinc t_g, w_g, Σ_g a_g b_g sinc′(t_g)) with t_g = b_g (u − c_g), w_g = cos πt_g − sinc t_g.
+
+    The backward needs sums over the grid (φ′, returned) and over elements (∂a = s·g, ∂β ∝ w·g)
+    of the same sin and cos values; returning s and w for a small chunk of u evaluates each
+    sin and cos once. sinc′ = w/t, by its series near 0 (see sinc_prime).
+    """
     t = b[:, None] * (u - c[:, None])
-    s = torch.sinc(t)
-    w = torch.cos(math.pi * t) - s
-    return ((a * b)[:, None] * sinc_prime(t, w)).sum(0), (s * g).sum(1), (w * g).sum(1)
+    pt = math.pi * t
+    nonzero = torch.where(t == 0, torch.ones_like(pt), pt)
+    s = torch.where(t == 0, torch.ones_like(pt), torch.sin(pt) / nonzero)
+    w = torch.cos(pt) - s
+    return s, w, ((a * b)[:, None] * sinc_prime(t, w)).sum(0)
 
 
 @functools.cache
 def _compiled_kernels():
-    return torch.compile(sinc_sum, dynamic=True), torch.compile(sinc_sum_grad, dynamic=True)
+    return tuple(torch.compile(f, dynamic=True) for f in (sinc_sum, sinc_grad_terms))
 
 
 def _kernels():
-    """(sinc_sum, sinc_sum_grad), compiled when COMPILE: inductor fuses the grid loop into one
-    pass over u (about the cost of one sin per element and grid point), with no G×n buffer."""
-    return _compiled_kernels() if COMPILE else (sinc_sum, sinc_sum_grad)
+    """(sinc_sum, sinc_grad_terms), compiled when COMPILE: inductor fuses each into one pass
+    (sinc_sum reduces over the grid without a G×n buffer)."""
+    return _compiled_kernels() if COMPILE else (sinc_sum, sinc_grad_terms)
 
 
 def _grid_chunks(size: int):
@@ -123,14 +130,18 @@ class SincPhi(nn.Module):
         b, c = F.softplus(beta), self.grid.to(u.dtype)
         uf, gf = u.reshape(-1), g_out.reshape(-1)
         dphi = torch.ones_like(uf) if self.residual else torch.zeros_like(uf)
-        da, dbeta = torch.empty_like(a), torch.empty_like(beta)
+        da, w_dot_g = torch.zeros_like(a), torch.zeros_like(a)
         db_dbeta = torch.sigmoid(beta)
-        kernel = _kernels()[1]
+        terms = _kernels()[1]
         for sl in _grid_chunks(len(c)):
-            slope, da[sl], w_dot_g = kernel(uf, gf, a[sl], b[sl], c[sl])
-            dphi += slope
-            # ∂/∂b_g sinc(b_g(u − c_g)) = sinc′(t)(u − c_g) = w / b_g
-            dbeta[sl] = a[sl] * db_dbeta[sl] / b[sl] * w_dot_g
+            for n in range(0, len(uf), GRAD_CHUNK_ELEMENTS):  # G×chunk buffers stay small
+                un, gn = uf[n : n + GRAD_CHUNK_ELEMENTS], gf[n : n + GRAD_CHUNK_ELEMENTS]
+                s, w, slope = terms(un, a[sl], b[sl], c[sl])
+                da[sl] += s @ gn
+                w_dot_g[sl] += w @ gn
+                dphi[n : n + GRAD_CHUNK_ELEMENTS] += slope
+        # ∂/∂b_g sinc(b_g(u − c_g)) = sinc′(t)(u − c_g) = w / b_g
+        dbeta = a * db_dbeta / b * w_dot_g
         if self.reading == "fixed":  # − f(0) contributes − (∂f(0)) · Σ G
             t0 = -b * c
             s0 = torch.sinc(t0)

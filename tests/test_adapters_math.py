@@ -267,3 +267,36 @@ def test_analysis_reports_every_adapted_module_with_its_method_extras():
             assert getattr(first, extra) is not None
         if method == "lr_lora":  # the constant φ(0)·11ᵀ dominates: removing it raises srank (risk 2)
             assert first.stable_rank_centered > first.stable_rank
+
+
+@pytest.mark.parametrize("method, hp", [
+    ("nola", {"num_basis_a": 5, "num_basis_b": 4, "r": 2}),
+    ("elalora", {"init_r": 2, "max_r": 3}),
+    ("dylora", {"r": 3}),
+    ("lora_shift", {"shift": "cyclic", "r": 2}),
+    ("lora_shift", {"shift": "learned", "r": 2, "shift_dim": 4}),
+])
+def test_lora_variant_layers_match_their_dense_delta_and_pass_gradcheck(method, hp):
+    """layer(x) = x·(W0 + ΔW)ᵀ with ΔW from `delta_weight`, and gradcheck through the layer's own
+    forward with respect to every trainable tensor, in float64."""
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(6, 5, bias=False))
+    model = adapters.apply(base, method, target_modules=["0"], **hp).double()
+    _, layer, adapter = next(variants.layers(model, method))
+    names = [n for n, p in layer.named_parameters() if p.requires_grad]
+    with torch.no_grad():
+        for n, p in layer.named_parameters():
+            if p.requires_grad:
+                p.normal_(std=0.5)
+    if method == "elalora":
+        layer.lora_ela[adapter].mask.copy_(torch.tensor([1.0, 0.0, 1.0]))
+    layer.eval()
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    dense = x @ (layer.get_base_layer().weight + variants.VARIANTS[method].delta_weight(layer, adapter)).T
+    torch.testing.assert_close(layer(x), dense, rtol=1e-12, atol=1e-12)
+
+    def forward(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    values = tuple(p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters() if p.requires_grad)
+    assert torch.autograd.gradcheck(forward, (x, *values))
