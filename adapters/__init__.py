@@ -12,6 +12,9 @@ The training loop's integration points:
   optimizer step (AdaLoRA's `update_and_allocate`, DyLoRA's rank draw, ElaLoRA's prune/expand).
 - `save_adapter(model, path)` / `load_adapter(base_model, path)`: any method's trained state,
   our own peft config classes rebuilt on load.
+
+Also: `adapters.analysis.analyze(model)` (stable rank, spectrum, φ curves, shift maps per
+adapted module) and `python -m adapters.bench [--quick]` (time and memory against LoRA).
 """
 
 from adapters.registry import MethodError, after_backward, apply, available, describe, hyperparameters, make_optimizer

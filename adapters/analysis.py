@@ -82,7 +82,7 @@ def _report(name: str, module: LoraLayer, adapter: str) -> ModuleReport:
     shape = (module.out_features, module.in_features)
     if isinstance(variant, elementwise.ElementwiseVariant):
         return _elementwise_report(name, shape, module, adapter)
-    if hasattr(variant, "factors"):
+    if isinstance(variant, variants.PeftbenchVariant):
         B, A = variant.factors(module, adapter)
     elif variant is None:  # peft's vanilla LoRA: ΔW = s·B·A
         B, A = module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     batch, seq = (1, 64) if args.quick else (2, 128)
     print(f"\nOne SmolLM2-135M training step, batch {batch}×{seq} tokens, all linear layers, r = {RANK}, AdamW step included")
     print("  floor× = (lora's measured step + Σ over adapted linears of the method's floor − lora's floor) / lora's step")
-    rows = {m: run_child("smollm2", args.threads, method=m, batch=batch, seq=seq, repeats=repeats) for m in methods}
+    rows = {m: run_child("smollm2", args.threads, method=m, batch=batch, seq=seq, repeats=repeats - 1) for m in methods}
     lora = rows["lora"]["seconds"]
     for m, row in rows.items():
         floor = "" if m == "dora" else f"floor× {(lora + smollm2_extra_floor(m, batch * seq, rates)) / lora:>6.2f}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 
-import torch
 import torch.nn as nn
 
 from adapters import variants
@@ -21,17 +20,6 @@ class DyLoraVariant(variants.PeftbenchVariant):
     @staticmethod
     def init(module, adapter_name, config, **kwargs):
         module.dylora_rank = module.r[adapter_name]
-
-    @staticmethod
-    def factors(module, adapter):
-        """(B', A') with ΔW = B'·A' (full rank r): the exact route of adapters.analysis."""
-        return module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight
-
-    @classmethod
-    def delta_weight(cls, module, adapter):
-        with torch.no_grad():
-            B, A = cls.factors(module, adapter)
-            return B @ A
 
     @staticmethod
     def forward(module, active_adapter, x, result, **kwargs):

@@ -47,12 +47,6 @@ class ElaVariant(variants.PeftbenchVariant):
         gate = module.lora_ela[adapter]
         return module.scaling[adapter] * module.lora_B[adapter].weight * (gate.lam * gate.mask), module.lora_A[adapter].weight
 
-    @classmethod
-    def delta_weight(cls, module, adapter):
-        with torch.no_grad():
-            B, A = cls.factors(module, adapter)
-            return B @ A
-
     @staticmethod
     def forward(module, active_adapter, x, result, **kwargs):
         gate = module.lora_ela[active_adapter]

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adapters import variants
+from adapters.peft_methods import positive
 from adapters.registry import MethodError, register
 
 BLOCK_ELEMENTS = 2**18  # elements of one row block of Z (forward; GEMMs of the backward)
@@ -255,6 +256,8 @@ def naive_delta(A, B, phi, params, scale_in: float, scale_out: float) -> torch.T
 class ElementwiseVariant(variants.PeftbenchVariant):
     """The peft variant for the whole family; `lora_phi[adapter]` holds φ (and its parameters)."""
 
+    factors = None  # ΔW = out·φ(in·B·A) is no product of small factors: see delta_weight
+
     @staticmethod
     def init(module, adapter_name, config, **kwargs):
         opts = config.peftbench_options
@@ -322,8 +325,6 @@ def build_lr_lora(
     """
     _check_choice("lr_lora", "scale_position", scale_position, ("inside", "outside"))
     _check_choice("lr_lora", "reading", reading, ("paper", "fixed"))
-    from adapters.peft_methods import positive
-
     positive("lr_lora", grid_size=grid_size, grid_limit=grid_limit)
     if reading == "fixed" and (residual or scale_position != "inside"):
         raise MethodError("method 'lr_lora_fixed': residual and scale_position belong to the paper reading")
@@ -364,7 +365,5 @@ def build_sine_lora(
 
     Trainable parameters: Σ over adapted linears (d_out × d_in) of r·(d_in + d_out).
     """
-    from adapters.peft_methods import positive
-
     positive("sine_lora", omega=omega)
     return variants.build(model, "sine_lora", {"omega": omega}, r, lora_alpha, lora_dropout, target_modules)

@@ -51,17 +51,6 @@ class NolaVariant(variants.PeftbenchVariant):
         module.lora_B[adapter_name] = BasisMixture(opts["num_basis_b"], module.out_features, r, seed + 1, zero=True).to(device)
 
     @staticmethod
-    def factors(module, adapter):
-        """(B', A') with ΔW = B'·A' (full rank r): the exact route of adapters.analysis."""
-        return module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight
-
-    @classmethod
-    def delta_weight(cls, module, adapter):
-        with torch.no_grad():
-            B, A = cls.factors(module, adapter)
-            return B @ A
-
-    @staticmethod
     def forward(module, active_adapter, x, result, **kwargs):
         lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
         return result + module.scaling[active_adapter] * lora_B(lora_A(module.lora_dropout[active_adapter](x)))

@@ -95,12 +95,6 @@ class ShiftVariant(variants.PeftbenchVariant):
         return torch.cat([s * p[:, None] * B for p, _ in terms], 1), torch.cat([A * q for _, q in terms], 0)
 
     @staticmethod
-    def delta_weight(module, adapter):
-        A, B = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-        with torch.no_grad():
-            return module.scaling[adapter] * module.lora_shift[adapter].dense().to(A.dtype) * (B @ A)
-
-    @staticmethod
     def forward(module, active_adapter, x, result, **kwargs):
         """One rank-m·r pass through the stacked factors: no elementwise pass over tokens × width."""
         B, A = ShiftVariant.factors(module, active_adapter)

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from peft.tuners.lora.layer import Linear, LoraVariant
 
+from adapters.peft_methods import positive, task_type
 from adapters.registry import MethodError
 
 VARIANTS: dict[str, type["PeftbenchVariant"]] = {}
@@ -39,14 +40,24 @@ class PeftbenchLoraConfig(peft.LoraConfig):
 
 
 class PeftbenchVariant(LoraVariant):
-    """A variant whose ΔW is `delta_weight(module, adapter)`; merge adds it, unmerge subtracts it."""
+    """A variant whose ΔW is `delta_weight(module, adapter)`; merge adds it, unmerge subtracts it.
+
+    By default ΔW = B'·A' from `factors` (LoRA's s·B, A unless a variant says otherwise), the
+    form adapters.analysis takes its exact small-core route on.
+    """
 
     def supports_lora_conversion(self) -> bool:
         return False
 
     @staticmethod
-    def delta_weight(module: Linear, adapter: str) -> torch.Tensor:
-        raise NotImplementedError
+    def factors(module: Linear, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight
+
+    @classmethod
+    def delta_weight(cls, module: Linear, adapter: str) -> torch.Tensor:
+        with torch.no_grad():
+            B, A = cls.factors(module, adapter)
+            return B @ A
 
     @classmethod
     def merge_safe(cls, module, active_adapter, orig_weight):
@@ -109,8 +120,6 @@ def build(
     **lora_settings,
 ) -> peft.PeftModel:
     """`model` with the LoRA variant `method` on `target_modules` (peft does targeting and saving)."""
-    from adapters.peft_methods import positive, task_type
-
     positive(method, r=r, lora_alpha=lora_alpha)
     if not 0 <= lora_dropout < 1:
         raise MethodError(f"method {method!r}: lora_dropout must be in [0, 1), got {lora_dropout!r}")

@@ -14,26 +14,14 @@ from adapters import analysis, dylora, elalora, elementwise, variants
 from adapters.elementwise import MergedElementwiseLinear, SincPhi, SinePhi, naive_delta
 from adapters.shift import ShiftModulation
 from jobs import backbones
-
-
-@pytest.fixture(autouse=True)
-def eager_kernels(monkeypatch):
-    """Eager sinc kernels: compiling them costs more than these small shapes ever run."""
-    monkeypatch.setattr(elementwise, "COMPILE", False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_adapters import eager_kernels, one_thread  # noqa: F401 (autouse fixtures)
 
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Row blocks of 2 rows and grid chunks of 4, so every loop of the kernel runs several times."""
+    """Row blocks of 2 rows, element chunks of 4 and grid chunks of 4: every loop runs several times."""
     monkeypatch.setattr(elementwise, "BLOCK_ELEMENTS", 10)
+    monkeypatch.setattr(elementwise, "GRAD_CHUNK_ELEMENTS", 4)
     monkeypatch.setattr(elementwise, "GRID_CHUNK", 4)
 
 
