@@ -340,7 +340,7 @@ def across_tasks(
                 block_items = item_pairs[(item_pairs["backbone"] == key[0]) & (item_pairs["regime"] == key[1])]
             rows.append(dict(zip(BLOCK, key), method=method, result=average_difference(block, block_items, seed=seed)))
     corrected = holm([r["result"].test for r in rows], alpha)
-    out = pd.DataFrame(
+    return pd.DataFrame(
         [
             dict(
                 {k: r[k] for k in BLOCK + ["method"]},
@@ -354,4 +354,3 @@ def across_tasks(
         ],
         columns=BLOCK + ["method", "n_tasks", "n_seeds", "diff", "ci", "test"],
     )
-    return out
