@@ -184,6 +184,28 @@ def adalora_after_backward(model, step: int, total_steps: int) -> None:
     zero.written(params)  # peft masks lora_E in place; ZeRO's master copy must follow
 
 
+@register_optimizer("adalora")
+def adalora_optimizer(model, lr: float, weight_decay: float, **_) -> torch.optim.Optimizer:
+    """AdamW that re-applies AdaLoRA's rank pattern after every step.
+
+    peft's recipe masks after optimizer.step(); our hook runs before it (DeepSpeed steps and
+    zeroes gradients in one call), so without this the step after a mask would move the pruned
+    singular values off zero again, and the trained adapter would not have its ranks.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    singular_values = [p for n, p in model.named_parameters() if ".lora_E." in n]
+
+    def remask(*_):
+        pattern = model.peft_config[model.active_adapter].rank_pattern
+        if pattern:
+            model.base_model.rankallocator.mask_using_rank_pattern(model.base_model.model, pattern)
+            zero.written(singular_values)
+
+    optimizer.register_step_post_hook(remask)
+    return optimizer
+
+
 @register("ia3")
 def build_ia3(model: nn.Module, target_modules: list[str] | None = None, feedforward_modules: list[str] | None = None) -> nn.Module:
     """IA3 (Liu et al. 2022): learned vectors that rescale keys, values and the FFN input, ones at init.

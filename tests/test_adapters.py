@@ -336,3 +336,15 @@ def test_default_optimizer_is_adamw_over_trainable_parameters(tiny):
     optimizer = adapters.make_optimizer(model, "lora", lr=1e-3, weight_decay=0.01)
     assert type(optimizer) is torch.optim.AdamW
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable(model)
+
+
+def test_adalora_ends_training_with_its_target_rank_budget(tiny):
+    """The loop's hooks (after_backward, then the optimizer's re-mask) leave exactly the
+    budgeted singular values non-zero: init_r = 6 per module pruned to target_r = 2 on average."""
+    hp = {"init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 1}
+    model = build(tiny, "adalora", hp)
+    train(model, "adalora", steps=6, hp=hp)
+    singular_values = [p for n, p in model.named_parameters() if ".lora_E." in n]
+    kept = sum(int(torch.count_nonzero(e)) for e in singular_values)
+    assert kept == 2 * len(singular_values)
+    assert kept == sum(sum(mask) for mask in model.peft_config["default"].rank_pattern.values())
