@@ -86,7 +86,7 @@ def _report(name: str, module: LoraLayer, adapter: str) -> ModuleReport:
         B, A = variant.factors(module, adapter)
     elif variant is None:  # peft's vanilla LoRA: ΔW = s·B·A
         B, A = module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight
-    else:  # other peft variants (DoRA, ...): the dense ΔW peft merges
+    else:  # other peft variants (DoRA, ...): peft's get_delta_weight, s·B·A (DoRA's magnitude rescaling not in it)
         delta = module.get_delta_weight(adapter)
         return ModuleReport(name, shape, stable_rank(delta), torch.linalg.svdvals(delta.double()).float())
     sv = factored_spectrum(B, A)
