@@ -18,9 +18,9 @@ at d = 1024 with G = 50. At 2048 it would take several GB on a shared 2-core mac
 measured at G = 5 and 10 and extrapolated linearly in G (its memory is affine in G); the same
 extrapolation is checked against the direct G = 50 measurement at 1024.
 
-FLOP-floor model (printed with the table): a step's floor time is its big-GEMM FLOPs at the
-machine's measured GEMM rate plus its transcendental evaluations at the measured torch.sin
-rate. Per adapted linear with T tokens, d×k, rank r, grid G:
+FLOP-floor model: a step's floor time is its big-GEMM FLOPs at the machine's measured GEMM rate
+plus its transcendental evaluations at the measured sin rate (a compiled, fused Σ_g sin(b_g·u):
+sin evaluations with no memory traffic). Per adapted linear with T tokens, d×k, rank r, grid G:
   lora:               4Tdk + 6Tr(d+k) GEMM FLOPs
   lr_lora(_fixed):    6Tdk + 8dkr GEMM FLOPs (forward, ∂x, G = δᵀx; Z built twice, dB, dA)
                       + 4G·dk transcendentals (φ forward, φ again in backward, sin and cos for φ′)
@@ -252,8 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = {m: run_child("smollm2", args.threads, method=m, batch=batch, seq=seq, repeats=repeats - 1) for m in methods}
     lora = rows["lora"]["seconds"]
     for m, row in rows.items():
-        floor = "" if m == "dora" else f"floor× {(lora + smollm2_extra_floor(m, batch * seq, rates)) / lora:>6.2f}"
-        print(f"  {m:<14} {row['seconds']:>8.2f} s  {row['seconds'] / lora:>6.2f}×  {floor:<14} peak {row['peak_mb']:>8.1f} MB "
+        ratio = row["seconds"] / lora
+        floor = None if m == "dora" else (lora + smollm2_extra_floor(m, batch * seq, rates)) / lora
+        verdict = "" if floor is None else f"floor× {floor:>6.2f}  time {'ok' if ratio <= 1.1 * floor else 'MISS'}"
+        print(f"  {m:<14} {row['seconds']:>8.2f} s  {ratio:>6.2f}×  {verdict:<24} peak {row['peak_mb']:>8.1f} MB "
               f"({row['peak_mb'] - rows['lora']['peak_mb']:+.1f} vs lora)")
 
 
