@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -34,22 +35,28 @@ class JobResult:
     error: str | None = None
 
 
-def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None) -> JobResult:
-    """Train and score `cell`, logging everything to a child run; never raises for a failed cell."""
+def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, checkpoint_dir: str | None = None) -> JobResult:
+    """Train and score `cell`, logging everything to a child run; never raises for a failed cell.
+
+    Checkpoints go to `checkpoint_dir/<run_key>` (default: the cache dir), where a rerun of a
+    killed cell finds them; they are removed once the cell is FINISHED.
+    """
     _quiet_libraries()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions"))
+    checkpoints = Path(checkpoint_dir or backbones.cache_dir() / "checkpoints") / cell.run_key
     run_id = None
     try:
         with track.cell_run(tracking_uri, cell, parent_run_id) as run:
             run_id = run.run_id
-            metrics = _train_and_score(cell, run)
+            metrics = _train_and_score(cell, run, checkpoints)
+        shutil.rmtree(checkpoints, ignore_errors=True)
         return JobResult(cell.run_key, "FINISHED", run_id, metrics)
     except Exception as err:  # recorded FAILED in MLflow by cell_run; the sweep goes on
         traceback.print_exc()
         return JobResult(cell.run_key, "FAILED", run_id, error=f"{type(err).__name__}: {err}")
 
 
-def _train_and_score(cell: Cell, run: track.CellRun) -> dict[str, float]:
+def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[str, float]:
     model, tokenizer = backbones.load(cell.backbone)
     total = sum(p.numel() for p in model.parameters())
     model = adapters.apply(model, cell.method, **cell.hparams)
@@ -63,6 +70,7 @@ def _train_and_score(cell: Cell, run: track.CellRun) -> dict[str, float]:
         model, result = train(
             model, tokenizer, examples, cell.train, cell.seed,
             on_step=lambda s, loss: run.log_metric("train/loss", loss, s), method=cell.method, hparams=cell.hparams,
+            checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
         )
         metrics.update(
             {
@@ -118,8 +126,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.train", description=main.__doc__)
     parser.add_argument("cell", type=Path, help="a resolved cell as JSON (Cell.model_dump_json())")
     parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--checkpoint-dir", default=None, help="checkpoints go to DIR/<run_key> (default: the cache dir)")
     args = parser.parse_args(argv)
     cell = Cell.model_validate_json(args.cell.read_text())
-    result = run_cell(cell, track.tracking_uri(args.tracking_uri))
+    result = run_cell(cell, track.tracking_uri(args.tracking_uri), checkpoint_dir=args.checkpoint_dir)
     print(json.dumps(result.__dict__, indent=1))
     sys.exit(0 if result.status == "FINISHED" else 1)

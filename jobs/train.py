@@ -11,8 +11,10 @@ import math
 import os
 import random
 import socket
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import deepspeed
@@ -103,12 +105,17 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     method: str = "none",
     hparams: dict | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Train the trainable parameters of `model` on `examples`; returns (trained model, stats).
 
     `args` is a `pipeline.spec.TrainArgs`: lr, epochs or max_steps, micro_batch_size,
     grad_accum, warmup_ratio, weight_decay, max_seq_len, zero_stage, grad_clip.
     AdamW with linear warmup then linear decay, gradient clipping, everything seeded.
+    With `checkpoint_dir`, a checkpoint written there every `checkpoint_every` steps (trainable
+    weights, optimizer, schedule, step, RNG) is resumed from, so a killed cell picks up where it
+    stopped and ends as an uninterrupted run would.
     """
     seed_everything(seed)
     init_distributed()
@@ -134,9 +141,15 @@ def train(
     engine.train()
 
     result = TrainResult()
+    start = _resume(engine, checkpoint_dir, result)
+    for step, loss in enumerate(result.losses):  # the resumed run's curve is whole
+        if on_step:
+            on_step(step, loss)
     batches = _micro_batches(rows, args.micro_batch_size, rank, world, seed)
+    for _ in range(start * args.grad_accum):  # the data order position: skip what was trained on
+        next(batches)
     started = time.perf_counter()
-    for step in range(steps):
+    for step in range(start, steps):
         step_loss = 0.0
         for micro in range(args.grad_accum):
             batch = {k: v.to(engine.device) for k, v in collate(next(batches), tokenizer.pad_token_id).items()}
@@ -152,11 +165,44 @@ def train(
         result.losses.append(step_loss)
         if on_step:
             on_step(step, step_loss)
+        if checkpoint_dir and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            _save(engine, checkpoint_dir, step + 1, result)
     result.seconds = time.perf_counter() - started
     result.steps = steps
     model = engine.module.eval()
     engine.destroy()
     return model, result
+
+
+def _save(engine, directory: Path, step: int, result: TrainResult) -> None:
+    """Checkpoint the trainable weights (frozen backbone weights excluded), optimizer, schedule,
+    progress and RNG under tag `step<N>`; keep only the newest. DeepSpeed writes `latest` last,
+    so a save cut short leaves the previous checkpoint in force."""
+    state = {
+        "step": step, "losses": result.losses, "train_tokens": result.train_tokens,
+        "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    engine.save_checkpoint(str(directory), tag=f"step{step}", client_state=state, exclude_frozen_parameters=True)
+    if torch.distributed.get_rank() == 0:
+        for old in Path(directory).glob("step*"):
+            if old.name != f"step{step}":
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(engine, directory: Path | None, result: TrainResult) -> int:
+    """Load the newest checkpoint in `directory` into the engine and `result`; return the step
+    to continue from (0 when there is none)."""
+    if not directory or not (Path(directory) / "latest").exists():
+        return 0
+    # Frozen weights are not in the checkpoint: they come from the backbone, hence not strict.
+    _, state = engine.load_checkpoint(str(directory), load_module_strict=False)
+    result.losses, result.train_tokens = list(state["losses"]), state["train_tokens"]
+    random.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"]
 
 
 def _micro_batches(rows, size: int, rank: int, world: int, seed: int):

@@ -1,4 +1,4 @@
-"""The peftbench command line: `python -m pipeline run|validate SPEC`."""
+"""The peftbench command line: `python -m pipeline run|validate|plan SPEC`, `status SWEEP`."""
 
 from __future__ import annotations
 
@@ -9,18 +9,35 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="peftbench: benchmark PEFT methods with evidence.")
     commands = parser.add_subparsers(dest="command", required=True)
+    address = {"default": None, "help": "Ray cluster address (default: $RAY_ADDRESS, else a local Ray / this machine)"}
+    tracking = {"default": None, "help": "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"}
     run = commands.add_parser("run", help="run a sweep and print its comparison table")
     run.add_argument("spec", help="sweep file (YAML)")
-    run.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    run.add_argument("--address", **address)
+    run.add_argument("--tracking-uri", **tracking)
+    run.add_argument("--checkpoint-dir", default=None, help="where cells checkpoint (default: the cache dir)")
     validate = commands.add_parser("validate", help="check a sweep file; exit 2 with one line naming what is wrong")
     validate.add_argument("spec")
+    validate.add_argument("--address", **address)
+    plan = commands.add_parser("plan", help="list a sweep's cells, which are already finished, and their cost; run nothing")
+    plan.add_argument("spec")
+    plan.add_argument("--address", **address)
+    plan.add_argument("--tracking-uri", **tracking)
+    status = commands.add_parser("status", help="done/running/failed/remaining cells of a sweep, from MLflow alone")
+    status.add_argument("sweep", help="the sweep's name")
+    status.add_argument("--tracking-uri", **tracking)
     args = parser.parse_args(argv)
 
-    from pipeline import spec
+    if args.command == "status":
+        from pipeline import sweep as sweep_runner
+
+        return sweep_runner.status(args.sweep, args.tracking_uri)
+
+    from pipeline import schedule, spec
 
     try:
         sweep = spec.load(args.spec)
+        spec.check_resources(args.spec, sweep, *schedule.nodes(args.address))
     except spec.SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -30,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline import sweep as sweep_runner
 
-    return sweep_runner.run(args.spec, args.address, args.tracking_uri)
+    if args.command == "plan":
+        return sweep_runner.plan(sweep, args.tracking_uri)
+    return sweep_runner.run(args.spec, args.address, args.tracking_uri, args.checkpoint_dir)
 
 
 if __name__ == "__main__":

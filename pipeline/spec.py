@@ -3,8 +3,12 @@
 A Cell is everything one job needs; its `run_key` is a stable hash of what determines the
 result (method, hyperparameters, backbone, regime, seed, training and evaluation settings),
 so the same cell always has the same key and a changed hyperparameter gives a new one.
-Where a cell runs (its resources) and which sweep named it do not change the result and are
-left out of the key.
+Where a cell runs (its resources, how often it checkpoints) and which sweep named it do not
+change the result and are left out of the key.
+
+Hyperparameter grids: a list value in a method's `hparams` is a grid axis, and the method
+expands into one row per combination, labelled `lora(r=8)` by the values that vary. A
+hyperparameter that itself takes a list is written as a one-value grid: `[[q_proj, v_proj]]`.
 """
 
 from __future__ import annotations
@@ -55,8 +59,11 @@ class Regime(Strict):
 
 
 class Resources(Strict):
+    """What one cell asks of the cluster: `processes` DeepSpeed ranks, each with `cpus` and `gpus`."""
+
     cpus: PositiveFloat = 1
     gpus: float = Field(0, ge=0)
+    processes: PositiveInt = 1
 
 
 class MethodSpec(Strict):
@@ -69,10 +76,36 @@ class MethodSpec(Strict):
     def row(self) -> str:
         return self.label or self.name
 
+    @field_validator("hparams")
+    @classmethod
+    def _grids_are_not_empty(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        for key, value in hparams.items():
+            if value == []:
+                raise ValueError(f"{key}: empty grid (give at least one value)")
+        return hparams
+
+    def grid(self) -> list[tuple[str, dict[str, Any]]]:
+        """(row label, hyperparameters) for every combination of the list-valued hparams."""
+        axes = {k: v for k, v in self.hparams.items() if isinstance(v, list)}
+        rows = []
+        for values in itertools.product(*axes.values()):
+            chosen = dict(zip(axes, values))
+            varying = ", ".join(f"{k}={v}" for k, v in chosen.items() if len(axes[k]) > 1)
+            rows.append((f"{self.row}({varying})" if varying else self.row, {**self.hparams, **chosen}))
+        return rows
+
+
+class BackboneSpec(Strict):
+    """A backbone with its own training overrides and resources (a bigger model, a smaller batch)."""
+
+    name: str
+    train: dict[str, Any] = {}
+    resources: Resources | None = None
+
 
 class Sweep(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    backbones: list[str] = Field(min_length=1)
+    backbones: list[str | BackboneSpec] = Field(min_length=1)  # a name, or {name, train, resources}
     methods: list[MethodSpec] = Field(min_length=1)
     tasks: list[str] = Field(min_length=1)  # what every cell is scored on
     regimes: list[Regime] = Field(min_length=1)
@@ -80,8 +113,16 @@ class Sweep(Strict):
     train: TrainArgs = TrainArgs()
     eval: EvalArgs = EvalArgs()
     resources: Resources = Resources()
+    checkpoint_every: PositiveInt | None = None  # optimizer steps between checkpoints; None = never
+    max_retries: int = Field(1, ge=0)  # extra attempts for a cell that fails or whose worker dies
+    max_concurrent: PositiveInt | None = None  # cells in flight at once; None = as many as fit
 
-    @field_validator("backbones", "tasks", "seeds")
+    @field_validator("backbones")
+    @classmethod
+    def _named(cls, values: list) -> list[BackboneSpec]:
+        return [BackboneSpec(name=v) if isinstance(v, str) else v for v in values]
+
+    @field_validator("tasks", "seeds")
     @classmethod
     def _unique(cls, values: list) -> list:
         dupes = sorted({str(v) for v in values if values.count(v) > 1})
@@ -91,7 +132,8 @@ class Sweep(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Sweep":
-        for what, names in (("method", [m.row for m in self.methods]), ("regime", [r.name for r in self.regimes])):
+        rows = [label for m in self.methods for label, _ in m.grid()]
+        for what, names in (("method", rows), ("regime", [r.name for r in self.regimes]), ("backbone", [b.name for b in self.backbones])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {what} names: {', '.join(dupes)} (give one a `label`)")
@@ -112,10 +154,11 @@ class Cell(Strict):
     eval: EvalArgs
     tasks: list[str]
     resources: Resources
+    checkpoint_every: PositiveInt | None = None
 
     @property
     def run_key(self) -> str:
-        content = self.model_dump(exclude={"sweep", "resources", "label"})
+        content = self.model_dump(exclude={"sweep", "resources", "label", "checkpoint_every"})
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def params(self) -> dict[str, str]:
@@ -133,31 +176,54 @@ class Cell(Strict):
         return flat
 
 
-def method_train_args(sweep: Sweep, method: MethodSpec) -> TrainArgs:
-    """The sweep's training arguments with the method's overrides, validated."""
-    return TrainArgs.model_validate({**sweep.train.model_dump(), **method.train})
+def train_args(sweep: Sweep, backbone: BackboneSpec, method: MethodSpec) -> TrainArgs:
+    """The sweep's training arguments, then the backbone's overrides, then the method's; validated."""
+    return TrainArgs.model_validate({**sweep.train.model_dump(), **backbone.train, **method.train})
 
 
 def expand(sweep: Sweep) -> list[Cell]:
-    """Every backbone × method × regime × seed, with per-method training overrides applied."""
+    """Every backbone × method (× its grid) × regime × seed, with training overrides applied."""
+    rows = [(method, label, hparams) for method in sweep.methods for label, hparams in method.grid()]
     cells = []
-    for backbone, method, regime, seed in itertools.product(sweep.backbones, sweep.methods, sweep.regimes, sweep.seeds):
+    for backbone, (method, label, hparams), regime, seed in itertools.product(sweep.backbones, rows, sweep.regimes, sweep.seeds):
         cells.append(
             Cell(
                 sweep=sweep.name,
                 method=method.name,
-                label=method.row,
-                hparams=method.hparams,
-                backbone=backbone,
+                label=label,
+                hparams=hparams,
+                backbone=backbone.name,
                 regime=regime,
                 seed=seed,
-                train=method_train_args(sweep, method),
+                train=train_args(sweep, backbone, method),
                 eval=sweep.eval,
                 tasks=sweep.tasks,
-                resources=sweep.resources,
+                resources=backbone.resources or sweep.resources,
+                checkpoint_every=sweep.checkpoint_every,
             )
         )
     return cells
+
+
+def check_resources(path: str | Path, sweep: Sweep, nodes: list[dict[str, float]], where: str) -> None:
+    """Raise SpecError if some cell asks for more than the cluster has.
+
+    `nodes` are the CPU/GPU totals of each node. One rank must fit on one node; all of a
+    cell's ranks must fit in the cluster at once.
+    """
+    for i, backbone in enumerate(sweep.backbones):
+        res = backbone.resources or sweep.resources
+        field = f"backbones.{i}.resources" if backbone.resources else "resources"
+        if not any(n.get("CPU", 0) >= res.cpus and n.get("GPU", 0) >= res.gpus for n in nodes):
+            biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+            raise SpecError(
+                f"{path}: {field}: no node of {where} has {res.cpus:g} CPUs and {res.gpus:g} GPUs for one process "
+                f"(largest: {biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs)"
+            )
+        for kind, need in (("CPU", res.cpus), ("GPU", res.gpus)):
+            have = sum(n.get(kind, 0) for n in nodes)
+            if need * res.processes > have:
+                raise SpecError(f"{path}: {field}: {res.processes} processes × {need:g} {kind}s exceed the {have:g} {kind}s of {where}")
 
 
 def load(path: str | Path) -> Sweep:
@@ -193,12 +259,18 @@ def _check_names(path: Path, sweep: Sweep) -> None:
             adapters.registry.check(method.name, method.hparams)
         except adapters.MethodError as err:
             raise SpecError(f"{path}: methods.{i}: {err}") from None
-        try:
-            method_train_args(sweep, method)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise SpecError(f"{path}: methods.{i}.train.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    for i, name in enumerate(sweep.backbones):
+        defaults = adapters.hyperparameters(method.name)
+        for _, hparams in method.grid():
+            for key, value in hparams.items():
+                if _is_count(defaults[key]) and not _is_count(value):
+                    raise SpecError(f"{path}: methods.{i}.hparams.{key}: must be a positive integer, got {value!r}")
+        for where, overrides in ((f"methods.{i}.train", method.train),) + tuple((f"backbones.{j}.train", b.train) for j, b in enumerate(sweep.backbones)):
+            try:
+                TrainArgs.model_validate({**sweep.train.model_dump(), **overrides})
+            except ValidationError as err:
+                first = err.errors()[0]
+                raise SpecError(f"{path}: {where}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    for i, name in enumerate(b.name for b in sweep.backbones):
         if not backbones.is_known(name):
             raise SpecError(f"{path}: backbones.{i}: unknown backbone {name!r} (registered: {', '.join(backbones.REGISTERED)}; or a hub id / local path)")
     try:
@@ -213,3 +285,9 @@ def _check_names(path: Path, sweep: Sweep) -> None:
         for name in regime.tasks:
             if data is not None and not tasks.has_training_split(name):
                 raise SpecError(f"{path}: regimes.{i}.tasks: {name!r} has no train split in {data}")
+
+
+def _is_count(value: Any) -> bool:
+    """A positive integer (not a bool). Hyperparameters with such defaults are ranks, sizes and
+    counts, where zero or a negative value is a mistake."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,17 +1,21 @@
-"""`pipeline run`: a sweep file in, finished MLflow runs and a comparison table out.
+"""The sweep commands: `run` (spec -> Ray -> MLflow -> table), `plan` and `status`.
 
-spec -> cells -> skip those already FINISHED -> Ray -> table logged to the parent run.
+run: spec -> cells -> skip those already FINISHED -> Ray -> table logged to the parent run.
+Only FINISHED runs count as done and only they reach the table, so a rerun after a crash
+(RUNNING or FAILED runs left behind) redoes exactly the unfinished cells.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import sys
 from pathlib import Path
 
 from pipeline import compare, schedule, spec, track
 
 
-def run(spec_path: str, address: str | None = None, tracking_uri: str | None = None) -> int:
+def run(spec_path: str, address: str | None = None, tracking_uri: str | None = None, checkpoint_dir: str | None = None) -> int:
     """Run the sweep; print the table; return the exit code (1 if any cell failed)."""
     sweep = spec.load(spec_path)
     cells = spec.expand(sweep)
@@ -21,11 +25,11 @@ def run(spec_path: str, address: str | None = None, tracking_uri: str | None = N
     print(f"sweep {sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run", file=sys.stderr)
     print(f"tracking: {uri}", file=sys.stderr)
 
-    parent = track.start_sweep_run(uri, sweep.name, Path(spec_path).read_text())
+    parent = track.start_sweep_run(uri, sweep.name, Path(spec_path).read_text(), [_describe(c) for c in cells])
     results = []
     if todo:
         schedule.connect(address)
-        results = schedule.run_cells(todo, uri, parent)
+        results = schedule.run_cells(todo, uri, parent, sweep.max_retries, sweep.max_concurrent, checkpoint_dir, skipped=len(cells) - len(todo))
     failed = [r for r in results if r.status != "FINISHED"]
 
     table = compare.summary_table(compare.results_frame(uri, sweep.name, {c.run_key for c in cells}))
@@ -34,6 +38,73 @@ def run(spec_path: str, address: str | None = None, tracking_uri: str | None = N
     track.log_text(uri, parent, compare.to_html(table), "comparison.html")
     track.end_run(uri, parent, ok=not failed)
     print(markdown)
-    for r in failed:
-        print(f"FAILED {r.run_key}: {r.error}", file=sys.stderr)
+    if failed:
+        labels = {c.run_key: f"{c.label}/{c.backbone}/{c.regime.name}/s{c.seed}" for c in cells}
+        print(f"{len(failed)} cell(s) failed:", file=sys.stderr)
+        for r in failed:
+            print(f"FAILED {r.run_key} {labels[r.run_key]}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def plan(sweep: spec.Sweep, tracking_uri: str | None = None) -> int:
+    """Print every cell, whether the store already has it FINISHED, and its estimated cost."""
+    cells = spec.expand(sweep)
+    uri = track.tracking_uri(tracking_uri)
+    finished = {run.data.tags["run_key"]: run for run in track.cell_runs(uri, sweep.name)}
+    seconds_per_step = _seconds_per_step(finished.values())
+    print(f"sweep {sweep.name}: {len(cells)} cells, {sum(c.run_key in finished for c in cells)} already finished ({uri})")
+    print(f"{'run_key':16}  {'cell':40}  {'state':8}  {'steps':>6}  est. seconds")
+    total = 0.0
+    for cell in cells:
+        steps = _steps(cell)
+        rate = seconds_per_step.get((cell.backbone, cell.method))
+        estimate = "-" if cell.run_key in finished else (f"{rate * steps:.0f}" if rate and steps else "?")
+        if cell.run_key not in finished and rate and steps:
+            total += rate * steps
+        label = f"{cell.label}/{cell.backbone}/{cell.regime.name}/s{cell.seed}"
+        print(f"{cell.run_key:16}  {label:40}  {'FINISHED' if cell.run_key in finished else 'todo':8}  {steps or '?':>6}  {estimate}")
+    print(f"estimated training time left: {total:.0f} s of cell time (from earlier runs of the same backbone and method; ? = no history)")
+    return 0
+
+
+def status(sweep_name: str, tracking_uri: str | None = None) -> int:
+    """Print done / running / failed / remaining for the sweep's newest invocation, from MLflow alone."""
+    uri = track.tracking_uri(tracking_uri)
+    cells = track.sweep_cells(uri, sweep_name)
+    if cells is None:
+        print(f"error: no sweep named {sweep_name!r} in {uri}", file=sys.stderr)
+        return 2
+    states: dict[str, set[str]] = {}
+    for run in track.cell_runs(uri, sweep_name, status=None):
+        states.setdefault(run.data.tags["run_key"], set()).add(run.info.status)
+    counts = {"done": 0, "running": 0, "failed": 0, "remaining": 0}
+    for cell in cells:
+        seen = states.get(cell["run_key"], set())
+        state = "done" if "FINISHED" in seen else "running" if "RUNNING" in seen else "failed" if "FAILED" in seen else "remaining"
+        counts[state] += 1
+    print(f"sweep {sweep_name}: {len(cells)} cells: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return 0
+
+
+def _describe(cell: spec.Cell) -> dict:
+    return {"run_key": cell.run_key, "method": cell.label, "backbone": cell.backbone, "regime": cell.regime.name, "seed": cell.seed}
+
+
+def _steps(cell: spec.Cell) -> int | None:
+    """Optimizer steps the cell will take (None when the regime uses the full data, uncounted here)."""
+    if cell.train.max_steps:
+        return cell.train.max_steps
+    if cell.regime.n_examples == "full":
+        return None
+    per_step = cell.train.micro_batch_size * cell.train.grad_accum * cell.resources.processes
+    return max(1, cell.regime.n_examples // per_step) * cell.train.epochs
+
+
+def _seconds_per_step(runs) -> dict[tuple[str, str], float]:
+    """Median training seconds per step of finished runs, by (backbone, method)."""
+    rates: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        m, p = run.data.metrics, run.data.params
+        if m.get("train/steps"):
+            rates.setdefault((p["backbone"], p["method"]), []).append(m["train/seconds"] / m["train/steps"])
+    return {k: statistics.median(v) for k, v in rates.items()}

@@ -8,6 +8,7 @@ artifacts. Jobs write their own child run; the driver reads them back by run_key
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -40,12 +41,21 @@ def experiment_id(uri: str, sweep_name: str) -> str:
         return client.get_experiment_by_name(sweep_name).experiment_id
 
 
-def start_sweep_run(uri: str, sweep_name: str, spec_text: str) -> str:
-    """A parent run for this invocation of the sweep, with the spec file as an artifact."""
+def start_sweep_run(uri: str, sweep_name: str, spec_text: str, cells: list[dict]) -> str:
+    """A parent run for this invocation of the sweep, with the spec file and its cells
+    (`cells.json`, what `status` counts against) as artifacts."""
     client = MlflowClient(uri)
     run = client.create_run(experiment_id(uri, sweep_name), run_name=sweep_name, tags={KIND: "sweep", "sweep": sweep_name})
     client.log_text(run.info.run_id, spec_text, "sweep.yaml")
+    client.log_text(run.info.run_id, json.dumps(cells, indent=1), "cells.json")
     return run.info.run_id
+
+
+def sweep_cells(uri: str, sweep_name: str) -> list[dict] | None:
+    """The cells of the sweep's newest invocation (None if it never ran)."""
+    run = latest_sweep_run(uri, sweep_name)
+    text = read_artifact_text(uri, run.info.run_id, "cells.json") if run else None
+    return json.loads(text) if text else None
 
 
 def end_run(uri: str, run_id: str, ok: bool) -> None:
@@ -120,3 +130,44 @@ def cell_run(uri: str, cell, parent_run_id: str | None):
         client.set_terminated(run.info.run_id, "FAILED")
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of a stepped metric, in step order."""
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def read_artifact_text(uri: str, run_id: str, path: str) -> str | None:
+    """The text of a run's artifact, or None if the run has none at `path`."""
+    client = MlflowClient(uri)
+    folder = path.rpartition("/")[0] or None
+    if path not in {a.path for a in client.list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+
+
+def list_artifacts(uri: str, run_id: str, folder: str | None = None) -> list[str]:
+    return [a.path for a in MlflowClient(uri).list_artifacts(run_id, folder)]
+
+
+def latest_sweep_run(uri: str, sweep_name: str) -> mlflow.entities.Run | None:
+    """The newest parent run of the sweep (one per `pipeline run` invocation)."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(sweep_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{KIND}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def fail_running(uri: str, cell, parent_run_id: str | None, reason: str) -> None:
+    """Close the cell's RUNNING run(s) under this sweep invocation as FAILED with `reason`:
+    its job died without closing them (a killed worker)."""
+    client = MlflowClient(uri)
+    query = f"tags.run_key = '{cell.run_key}' and attributes.status = 'RUNNING'"
+    if parent_run_id:
+        query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    for run in client.search_runs([experiment_id(uri, cell.sweep)], query):
+        client.set_tag(run.info.run_id, "error", reason[:5000])
+        client.set_terminated(run.info.run_id, "FAILED")

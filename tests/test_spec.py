@@ -39,6 +39,29 @@ def test_method_training_overrides_apply_to_that_method_only(write_spec):
     assert (none.train.lr, lora.train.lr) == (1e-3, 5e-2)
 
 
+def test_a_list_in_hparams_is_a_grid_with_labels_naming_what_varies(write_spec):
+    text = TINY_SWEEP.replace("{r: 4}", "{r: [4, 8], lora_alpha: [16], target_modules: [[q_proj, v_proj]]}")
+    cells = spec.expand(spec.load(write_spec(text)))
+    assert [c.label for c in cells] == ["none", "lora(r=4)", "lora(r=8)"]
+    assert cells[1].hparams == {"r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    assert len({c.run_key for c in cells}) == 3
+
+
+def test_backbone_overrides_sit_between_sweep_and_method(write_spec):
+    text = TINY_SWEEP.replace(
+        "backbones: [tiny-llama]", "backbones: [{name: tiny-llama, train: {lr: 2.0e-3, max_steps: 3}, resources: {cpus: 2, processes: 1}}]"
+    ).replace("hparams: {r: 4}", "hparams: {r: 4}\n    train: {lr: 5.0e-2}")
+    none, lora = spec.expand(spec.load(write_spec(text)))
+    assert (none.train.lr, lora.train.lr, none.train.max_steps) == (2e-3, 5e-2, 3)
+    assert none.resources.cpus == 2 and none.backbone == "tiny-llama"
+
+
+def test_checkpointing_and_retries_do_not_change_the_run_key(write_spec):
+    plain = spec.expand(spec.load(write_spec(TINY_SWEEP)))
+    tuned = spec.expand(spec.load(write_spec(TINY_SWEEP + "checkpoint_every: 2\nmax_retries: 3\nmax_concurrent: 1\n", "t.yaml")))
+    assert [c.run_key for c in plain] == [c.run_key for c in tuned] and tuned[0].checkpoint_every == 2
+
+
 BAD = {
     "malformed YAML": ("name: [unclosed", "malformed YAML"),
     "unknown key": (TINY_SWEEP + "colour: blue\n", "colour: Extra inputs are not permitted"),
@@ -51,6 +74,16 @@ BAD = {
     "unknown backbone": (TINY_SWEEP.replace("[tiny-llama]", "[gpt-17]"), "unknown backbone 'gpt-17'"),
     "duplicate seeds": (TINY_SWEEP.replace("seeds: [1]", "seeds: [1, 1]"), "duplicate entries: 1"),
     "duplicate methods": (TINY_SWEEP.replace("- name: none", "- name: lora"), "duplicate method names: lora"),
+    "non-positive rank": (TINY_SWEEP.replace("{r: 4}", "{r: 0}"), "methods.1.hparams.r: must be a positive integer, got 0"),
+    "empty grid": (TINY_SWEEP.replace("{r: 4}", "{r: []}"), "r: empty grid"),
+    "duplicate grid rows": (TINY_SWEEP.replace("{r: 4}", "{r: [4, 4]}"), "duplicate method names: lora(r=4)"),
+    "duplicate backbones": (TINY_SWEEP.replace("[tiny-llama]", "[tiny-llama, tiny-llama]"), "duplicate backbone names: tiny-llama"),
+    "bad backbone override": (TINY_SWEEP.replace("[tiny-llama]", "[{name: tiny-llama, train: {lr: -1}}]"), "backbones.0.train.lr"),
+    "too many cpus": (TINY_SWEEP + "resources: {cpus: 4096}\n", "resources: no node of this machine has 4096 CPUs"),
+    "too many gpus": (TINY_SWEEP + "resources: {gpus: 64}\n", "resources: no node of this machine has 1 CPUs and 64 GPUs"),
+    "too many processes": (TINY_SWEEP + "resources: {cpus: 1, processes: 4096}\n", "4096 processes × 1 CPUs exceed"),
+    "unknown resource": (TINY_SWEEP + "resources: {tpus: 1}\n", "resources.tpus: Extra inputs are not permitted"),
+    "zero retries below": (TINY_SWEEP + "max_retries: -1\n", "max_retries: Input should be greater than or equal to 0"),
     "empty methods": (TINY_SWEEP.replace("  - name: none\n  - name: lora\n    hparams: {r: 4}\n", "").replace("methods:", "methods: []"), "methods: List should have at least 1 item"),
 }
 
@@ -75,3 +108,11 @@ def test_validate_cli_exit_codes(write_spec, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("no such file")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_run_rejects_an_unsatisfiable_spec_before_ray_and_mlflow(write_spec, tracking_uri, tmp_path):
+    import ray
+
+    path = write_spec(TINY_SWEEP + "resources: {cpus: 4096}\n")
+    assert main(["run", str(path), "--tracking-uri", tracking_uri]) == 2
+    assert not (tmp_path / "mlflow.db").exists() and not ray.is_initialized()
