@@ -1,7 +1,7 @@
 """`python -m adapters.bench [--quick]`: step time and peak memory of each method relative to LoRA.
 
-About 5 minutes with --quick, 12 without, on 2 shared CPU cores (LR-LoRA's SmolLM2 step alone
-is about 50 s there).
+About 7 minutes with --quick, 15 without, on 2 CPU cores (LR-LoRA's SmolLM2 step alone is
+about 50 s there). Run it on an otherwise idle machine: the ratios are only as good as that.
 
 Two settings, measured side by side in one run:
 1. one adapted linear (d = k = 1024 and 2048, T = 2048 tokens, r = 16, G = 50): forward and
@@ -11,7 +11,9 @@ Two settings, measured side by side in one run:
 Every measurement runs in a fresh child process (MALLOC_MMAP_THRESHOLD_ so freed buffers leave
 the process): peak memory = the child's peak RSS (VmHWM, reset after set-up and a compile
 warm-up on a tiny input) above its RSS at that reset, so it counts what the steps allocate.
-Step time is the fastest of the repeats (the machine is shared; the minimum is the least noisy).
+Step time is the fastest of the repeats (the machine is shared; the minimum is the least noisy),
+and the one-linear children run in interleaved rounds (every method once per round), so a burst
+of load from elsewhere hits all methods of a round rather than one.
 
 The naive broadcasting implementation of LR-LoRA (autograd through a G×d×k tensor) is measured
 at d = 1024 with G = 50. At 2048 it would take several GB on a shared 2-core machine, so it is
@@ -159,6 +161,12 @@ def child_smollm2(spec: dict) -> dict:
     return {"seconds": min(times), "peak_mb": (_peak_since_reset() - base) / 2**20}
 
 
+def interleaved(methods, rounds: int, measure) -> dict[str, dict]:
+    """{method: fastest step and largest peak over `rounds` rounds, each round measuring every method once}."""
+    runs = [{m: measure(m) for m in methods} for _ in range(rounds)]
+    return {m: {"seconds": min(r[m]["seconds"] for r in runs), "peak_mb": max(r[m]["peak_mb"] for r in runs)} for m in methods}
+
+
 def run_child(kind: str, threads: int, **spec) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'d=k':>5} {'method':<14} {'step s':>8} {'time×':>7} {'floor×':>7} {'/floor':>7} {'peak MB':>9} {'extra MB':>9} {'bound MB':>9}  targets")
     naive_at = {}
     for d in D_SIZES:
-        rows = {m: run_child("linear", args.threads, method=m, d=d, repeats=repeats) for m in LINEAR_METHODS}
+        rows = interleaved(LINEAR_METHODS, repeats, lambda m: run_child("linear", args.threads, method=m, d=d, repeats=2))
         lora = rows["lora"]
         bound = 3 * d * d * 4 / 2**20
         for m, row in rows.items():
