@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import adapters
-from jobs import backbones, tasks
+from jobs import backbones, diagnostics, tasks
 from jobs.evaluate import evaluate
 from jobs.train import train
 from pipeline import track
@@ -69,7 +69,7 @@ def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[
         examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, data_dir)
         model, result = train(
             model, tokenizer, examples, cell.train, cell.seed,
-            on_step=lambda s, loss: run.log_metric("train/loss", loss, s), method=cell.method, hparams=cell.hparams,
+            on_step=_step_logger(run, model), method=cell.method, hparams=cell.hparams,
             checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
         )
         metrics.update(
@@ -77,10 +77,12 @@ def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[
                 "train/final_loss": result.losses[-1],
                 "train/steps": result.steps,
                 "train/seconds": result.seconds,
+                "train/resumed_from_step": result.resumed_from,
                 "train/tokens_per_s": result.tokens_per_s,
                 "train/peak_mem_mb": _peak_memory_mb(),
             }
         )
+        _log_diagnostics(run, model, result.steps, "final")
         if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
             with run.scratch_dir() as tmp:
                 model.save_pretrained(tmp)
@@ -100,6 +102,30 @@ def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[
     return metrics
 
 
+def _step_logger(run: track.CellRun, model: torch.nn.Module):
+    """Log the loss of every step, and the φ curves / shift maps after the first step and at
+    mid-training (`analysis/early.json`, `analysis/middle.json`). Steps replayed from a
+    checkpoint log their loss only: the weights in memory are no longer theirs."""
+
+    def on_step(step: int, loss: float, total: int, replayed: bool) -> None:
+        run.log_metric("train/loss", loss, step)
+        if replayed:
+            return
+        if step == 0:
+            _log_diagnostics(run, model, 1, "early", curves_only=True)
+        elif step + 1 == max(2, total // 2):
+            _log_diagnostics(run, model, step + 1, "middle", curves_only=True)
+
+    return on_step
+
+
+def _log_diagnostics(run: track.CellRun, model: torch.nn.Module, step: int, stage: str, curves_only: bool = False) -> None:
+    """The adapter's diagnostics (stable rank, spectrum, φ, shift map) as `analysis/<stage>.json`."""
+    record = diagnostics.record(model, step, stage, curves_only)
+    if any(len(entry) > 2 for entry in record["modules"]):  # more than module name and shape
+        run.log_text(json.dumps(record), f"analysis/{stage}.json")
+
+
 def _peak_memory_mb() -> float:
     """Peak accelerator memory on GPU; on CPU, the process's peak resident set (model included)."""
     if torch.cuda.is_available():
@@ -112,7 +138,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    for name in ("deepspeed", "DeepSpeed", "datasets"):
+    for name in ("deepspeed", "DeepSpeed", "datasets", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # lm-eval warns at every local task load that custom datasets take `--metadata`: not news.
     for name in ("lm-eval", "lm_eval"):

@@ -36,6 +36,7 @@ class TrainResult:
     steps: int = 0
     train_tokens: int = 0  # non-padding tokens seen (prompt and answer)
     seconds: float = 0.0  # wall time of the loop, engine set-up excluded
+    resumed_from: int = 0  # the step a checkpoint resumed this run from (0: from the start)
 
     @property
     def tokens_per_s(self) -> float:
@@ -102,7 +103,7 @@ def train(
     examples: list[tuple[str, str]],
     args,
     seed: int,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float, int, bool], None] | None = None,
     method: str = "none",
     hparams: dict | None = None,
     checkpoint_dir: Path | None = None,
@@ -113,6 +114,8 @@ def train(
     `args` is a `pipeline.spec.TrainArgs`: lr, epochs or max_steps, micro_batch_size,
     grad_accum, warmup_ratio, weight_decay, max_seq_len, zero_stage, grad_clip.
     AdamW with linear warmup then linear decay, gradient clipping, everything seeded.
+    `on_step(step, loss, total_steps, replayed)` is called after every step; on resume, first
+    with `replayed=True` for each step the checkpoint already holds, so the loss curve is whole.
     With `checkpoint_dir`, a checkpoint written there every `checkpoint_every` steps (trainable
     weights, optimizer, schedule, step, RNG) is resumed from, so a killed cell picks up where it
     stopped and ends as an uninterrupted run would.
@@ -141,10 +144,10 @@ def train(
     engine.train()
 
     result = TrainResult()
-    start = _resume(engine, checkpoint_dir, result)
+    start = result.resumed_from = _resume(engine, checkpoint_dir, result)
     for step, loss in enumerate(result.losses):  # the resumed run's curve is whole
         if on_step:
-            on_step(step, loss)
+            on_step(step, loss, steps, True)
     batches = _micro_batches(rows, args.micro_batch_size, rank, world, seed)
     for _ in range(start * args.grad_accum):  # the data order position: skip what was trained on
         next(batches)
@@ -164,7 +167,7 @@ def train(
             raise DivergedError(f"loss is {step_loss} at step {step}")
         result.losses.append(step_loss)
         if on_step:
-            on_step(step, step_loss)
+            on_step(step, step_loss, steps, False)
         if checkpoint_dir and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             _save(engine, checkpoint_dir, step + 1, result)
     result.seconds = time.perf_counter() - started

@@ -1,4 +1,5 @@
-"""The peftbench command line: `python -m pipeline run|validate|plan SPEC`, `status SWEEP`."""
+"""The peftbench command line: `python -m pipeline run|validate|plan SPEC`, `status SWEEP`,
+`report SWEEP|CSV`."""
 
 from __future__ import annotations
 
@@ -26,7 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="done/running/failed/remaining cells of a sweep, from MLflow alone")
     status.add_argument("sweep", help="the sweep's name")
     status.add_argument("--tracking-uri", **tracking)
+    report = commands.add_parser("report", help="significance-tested comparison tables of a sweep (MLflow) or a results CSV")
+    report.add_argument("source", help="a sweep's name, or a CSV: a saved results frame or a paper's table (../shared/claims)")
+    report.add_argument("--format", choices=("md", "html", "tex", "csv"), default="md")
+    report.add_argument("--baseline", default=None, help="the method every row is tested against (default: lora)")
+    report.add_argument("--claims", default=None, help="a claims file (configs/claims/*.yaml): a verdict per claim")
+    report.add_argument("--aso", action="store_true", help="add deepsig's ASO per task (slow)")
+    report.add_argument("--tracking-uri", **tracking)
     args = parser.parse_args(argv)
+
+    if args.command == "report":
+        from pipeline import compare, track
+
+        try:
+            print(compare.report(args.source, track.tracking_uri(args.tracking_uri), args.format,
+                                 baseline=args.baseline, claims=args.claims, with_aso=args.aso))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
 
     if args.command == "status":
         from pipeline import sweep as sweep_runner

@@ -1,4 +1,4 @@
-"""MLflow runs -> the results frame -> the comparison table.
+"""MLflow runs -> the results frame (and per-item frame) -> the comparison report.
 
 The results frame has one row per (run, task, metric): run_key, sweep, method, backbone,
 regime, seed, task, metric, value, plus efficiency columns (trainable_params,
@@ -8,11 +8,12 @@ so it can come from MLflow or from a CSV.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 
-from pipeline import track
+from pipeline import tables, track
 
 EFFICIENCY = {
     "trainable_params": "params/trainable",
@@ -33,11 +34,13 @@ def results_frame(uri: str, sweep_name: str, run_keys: set[str] | None = None) -
         params, metrics = run.data.params, run.data.metrics
         base = {
             "run_key": key,
+            "run_id": run.info.run_id,
             "sweep": sweep_name,
             "method": params["label"],
             "backbone": params["backbone"],
             "regime": params["regime.name"],
             "seed": int(params["seed"]),
+            "hparams": json.dumps({k.removeprefix("hparams."): _param_value(v) for k, v in params.items() if k.startswith("hparams.")}, sort_keys=True),
             **{column: metrics.get(name, math.nan) for column, name in EFFICIENCY.items()},
         }
         for name, value in metrics.items():
@@ -48,31 +51,63 @@ def results_frame(uri: str, sweep_name: str, run_keys: set[str] | None = None) -
     return pd.DataFrame(rows)
 
 
-def summary_table(frame: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
-    """Method × task `mean ± std` over seeds (n seeds shown), an average column, trainable params."""
-    if frame.empty:
-        return pd.DataFrame()
-    scores = frame[frame.metric == metric]
-    wide = scores.pivot_table(index=["backbone", "regime", "method", "seed"], columns="task", values="value")
-    tasks = list(wide.columns)
-    wide["avg"] = wide[tasks].mean(axis=1)
-    grouped = wide.groupby(level=["backbone", "regime", "method"], sort=False)
-    mean, std, n = grouped.mean(), grouped.std(ddof=1).fillna(0.0), grouped.size()
-    table = pd.DataFrame(index=mean.index)
-    for column in tasks + ["avg"]:
-        table[column] = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(mean[column], std[column])]
-    table["n"] = n
-    params = frame.groupby(["backbone", "regime", "method"]).trainable_params.first()
-    table["trainable params"] = [f"{int(params[i]):,}" for i in table.index]
-    return table.reset_index()
+def _param_value(text: str):
+    """An MLflow param (always a string) back to the number/list it was, where it was one."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
-def to_markdown(table: pd.DataFrame, metric: str = "acc") -> str:
-    if table.empty:
-        return "(no finished runs)"
-    return f"{metric} (%), mean ± std over n seeds\n\n" + table.to_markdown(index=False)
+def items_frame(uri: str, results: pd.DataFrame) -> pd.DataFrame:
+    """Per-item scores of the runs in `results`, for paired tests: run_key, method, backbone,
+    regime, seed, task, doc_id, gold, pred, acc (and acc_norm where the task has it)."""
+    rows = []
+    keys = ["run_key", "run_id", "method", "backbone", "regime", "seed"]
+    for run in results[keys].drop_duplicates().itertuples(index=False):
+        for path in track.list_artifacts(uri, run.run_id, "eval"):
+            name = path.rpartition("/")[2]
+            if not (name.startswith("samples_") and name.endswith(".jsonl")):
+                continue
+            task = name.removeprefix("samples_").removesuffix(".jsonl")
+            text = track.read_artifact_text(uri, run.run_id, path) or ""
+            base = {k: getattr(run, k) for k in keys if k != "run_id"}
+            rows += [{**base, "task": task, **json.loads(line)} for line in text.splitlines() if line]
+    return pd.DataFrame(rows)
 
 
-def to_html(table: pd.DataFrame, metric: str = "acc") -> str:
-    body = table.to_html(index=False, border=0) if not table.empty else "<p>(no finished runs)</p>"
-    return f"<html><head><meta charset='utf-8'><title>peftbench</title></head><body><p>{metric} (%), mean ± std over n seeds</p>{body}</body></html>"
+def sweep_results(uri: str, sweep_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, items) of the cells of the sweep's newest invocation, from MLflow alone."""
+    cells = track.sweep_cells(uri, sweep_name)
+    if cells is None:
+        raise ValueError(f"no sweep named {sweep_name!r} in {uri}")
+    results = results_frame(uri, sweep_name, {c["run_key"] for c in cells})
+    if results.empty:
+        raise ValueError(f"sweep {sweep_name!r} has no finished cells in {uri}")
+    return results, items_frame(uri, results)
+
+
+def log_report(uri: str, parent_run_id: str, results: pd.DataFrame, items: pd.DataFrame | None, **options) -> dict[str, str]:
+    """Render the comparison report in every format and log each to the sweep's parent run
+    as `comparison.<md|html|tex|csv>`; return the texts. `options` go to `tables.render_reports`."""
+    texts = tables.render_reports(results, items if items is not None and len(items) else None, **options)
+    for fmt, text in texts.items():
+        track.log_text(uri, parent_run_id, text, f"comparison.{fmt}")
+    return texts
+
+
+def report(source: str, uri: str, fmt: str = "md", **options) -> str:
+    """The comparison report of a sweep (by name, from MLflow alone) or of a results CSV (a
+    saved results frame or a paper's table: a pseudo-sweep). A sweep's report is also logged,
+    in every format, to its newest parent run. Bad input raises ValueError in one line."""
+    from pathlib import Path
+
+    from pipeline import published
+
+    if source.endswith(".csv"):
+        if not Path(source).is_file():
+            raise ValueError(f"{source}: no such results file")
+        return tables.render_report(published.load_results_csv(source), None, fmt, **options)
+    results, items = sweep_results(uri, source)
+    texts = log_report(uri, track.latest_sweep_run(uri, source).info.run_id, results, items, **options)
+    return texts[fmt]

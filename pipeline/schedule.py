@@ -22,7 +22,8 @@ from pipeline.spec import Cell
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray instance.
+    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray instance (`local`,
+    so that a cluster someone else started on this machine is never joined by accident).
 
     Jobs inherit the data and cache locations the driver resolved, so a local run and a
     `ray job submit` run read the same files.
@@ -31,7 +32,7 @@ def connect(address: str | None) -> None:
     env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
     if ray.is_initialized():
         return
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
 
 
 def nodes(address: str | None) -> tuple[list[dict[str, float]], str]:

@@ -1,6 +1,7 @@
 """The sweep commands: `run` (spec -> Ray -> MLflow -> table), `plan` and `status`.
 
-run: spec -> cells -> skip those already FINISHED -> Ray -> table logged to the parent run.
+run: spec -> cells -> skip those already FINISHED -> Ray -> comparison tables and report.html
+logged to the parent run.
 Only FINISHED runs count as done and only they reach the table, so a rerun after a crash
 (RUNNING or FAILED runs left behind) redoes exactly the unfinished cells.
 """
@@ -12,6 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from dashboards import report
 from pipeline import compare, schedule, spec, track
 
 
@@ -32,12 +34,16 @@ def run(spec_path: str, address: str | None = None, tracking_uri: str | None = N
         results = schedule.run_cells(todo, uri, parent, sweep.max_retries, sweep.max_concurrent, checkpoint_dir, skipped=len(cells) - len(todo))
     failed = [r for r in results if r.status != "FINISHED"]
 
-    table = compare.summary_table(compare.results_frame(uri, sweep.name, {c.run_key for c in cells}))
-    markdown = compare.to_markdown(table)
-    track.log_text(uri, parent, markdown, "comparison.md")
-    track.log_text(uri, parent, compare.to_html(table), "comparison.html")
+    run_keys = {c.run_key for c in cells}
+    results = compare.results_frame(uri, sweep.name, run_keys)
+    if results.empty:
+        print("(no finished cells: no table)")
+    else:
+        items = compare.items_frame(uri, results)
+        texts = compare.log_report(uri, parent, results, items)
+        report.log(uri, parent, sweep.name, results, texts["html"])
+        print(texts["md"])
     track.end_run(uri, parent, ok=not failed)
-    print(markdown)
     if failed:
         labels = {c.run_key: f"{c.label}/{c.backbone}/{c.regime.name}/s{c.seed}" for c in cells}
         print(f"{len(failed)} cell(s) failed:", file=sys.stderr)

@@ -329,13 +329,16 @@ def _per_task_frame(table: ComparisonTable) -> pd.DataFrame:
 
 
 def _verdict_frame(verdicts: pd.DataFrame) -> pd.DataFrame:
+    def text(column: str) -> pd.Series:  # an all-missing column reads back as float NaN
+        return verdicts[column].fillna("").astype(str)
+
     return pd.DataFrame(
         {
-            "Claim": verdicts["statement"],
-            "Measured on": verdicts["backbone"] + " · " + verdicts["regime"],
-            "Verdict": verdicts["verdict"],
-            "Evidence": verdicts["why"],
-            "Scale": verdicts["scale"].fillna("") + " " + verdicts["note"].fillna(""),
+            "Claim": text("statement"),
+            "Measured on": text("backbone") + " · " + text("regime"),
+            "Verdict": text("verdict"),
+            "Evidence": text("why"),
+            "Scale": (text("scale") + " " + text("note")).str.strip(),
         }
     )
 
@@ -354,7 +357,25 @@ def render_report(
     `claims` is a claims file (path or `pipeline.claims.ClaimsFile`) or None. csv gives the
     tidy cells only (one row per table cell, with p, test and correction), for further analysis.
     """
+    return render_reports(results, items, (fmt,), baseline, claims, alpha, with_aso)[fmt]
+
+
+def render_reports(
+    results: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    formats: tuple[str, ...] = FORMATS,
+    baseline: str | None = None,
+    claims=None,
+    alpha: float = ALPHA,
+    with_aso: bool = False,
+) -> dict[str, str]:
+    """`render_report` in several formats, the tests computed once: {format: text}."""
     table = comparison_table(results, items, baseline, alpha, with_aso)
+    verdicts = claims_check.check(results, claims, items=items) if claims is not None else None  # at the claims file's own α
+    return {fmt: _report_text(table, verdicts, fmt) for fmt in formats}
+
+
+def _report_text(table: ComparisonTable, verdicts: pd.DataFrame | None, fmt: str) -> str:
     if fmt == "csv":
         return render(table, fmt)
     parts = [render(table, fmt)]
@@ -362,7 +383,8 @@ def render_report(
         parts.append(_frame_text(f"Average gain over {table.baseline}", 2, _detail_frame(table), fmt=fmt))
     if table.task_tests is not None and len(table.task_tests):
         parts.append(_frame_text(f"Per-task tests against {table.baseline}", 2, _per_task_frame(table), fmt=fmt))
-    if claims is not None:
-        verdicts = claims_check.check(results, claims, items=items)  # at the claims file's own α
+    if verdicts is not None and verdicts.empty:
+        parts.append(_frame_text("Claims", 2, pd.DataFrame({"Claim": ["none judged: these results have no per-task values from seeds of their own"]}), fmt=fmt))
+    elif verdicts is not None:
         parts.append(_frame_text("Claims", 2, _verdict_frame(verdicts), fmt=fmt))
     return "\n".join(parts)

@@ -15,10 +15,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 KIND = "peftbench.kind"
+
+
+def _client(uri: str) -> MlflowClient:
+    """A client for the store. A new SQLite file is created under a file lock: two sweeps
+    creating the same store at once otherwise race through MLflow's schema migrations."""
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
+            MlflowClient(uri).search_experiments(max_results=1)  # creates or checks the schema
+        _READY.add(uri)
+    return MlflowClient(uri)
+
+
+_READY: set[str] = set()  # stores this process has already seen initialised
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -28,7 +42,7 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 def experiment_id(uri: str, sweep_name: str) -> str:
     """The sweep's experiment, created on first use (artifacts beside a SQLite store's file)."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     experiment = client.get_experiment_by_name(sweep_name)
     if experiment is not None:
         return experiment.experiment_id
@@ -44,7 +58,7 @@ def experiment_id(uri: str, sweep_name: str) -> str:
 def start_sweep_run(uri: str, sweep_name: str, spec_text: str, cells: list[dict]) -> str:
     """A parent run for this invocation of the sweep, with the spec file and its cells
     (`cells.json`, what `status` counts against) as artifacts."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     run = client.create_run(experiment_id(uri, sweep_name), run_name=sweep_name, tags={KIND: "sweep", "sweep": sweep_name})
     client.log_text(run.info.run_id, spec_text, "sweep.yaml")
     client.log_text(run.info.run_id, json.dumps(cells, indent=1), "cells.json")
@@ -59,16 +73,16 @@ def sweep_cells(uri: str, sweep_name: str) -> list[dict] | None:
 
 
 def end_run(uri: str, run_id: str, ok: bool) -> None:
-    MlflowClient(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+    _client(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 
 
 def log_text(uri: str, run_id: str, text: str, path: str) -> None:
-    MlflowClient(uri).log_text(run_id, text, path)
+    _client(uri).log_text(run_id, text, path)
 
 
 def cell_runs(uri: str, sweep_name: str, status: str | None = "FINISHED") -> list[mlflow.entities.Run]:
     """Child runs of every invocation of the sweep (newest first), optionally of one status."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     experiment = client.get_experiment_by_name(sweep_name)
     if experiment is None:
         return []
@@ -114,7 +128,7 @@ class CellRun:
 @contextmanager
 def cell_run(uri: str, cell, parent_run_id: str | None):
     """Open the cell's child run; it ends FINISHED, or FAILED with the error as tag `error`."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     tags = {KIND: "cell", "run_key": cell.run_key, "sweep": cell.sweep, "method": cell.label, "backbone": cell.backbone}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -134,12 +148,12 @@ def cell_run(uri: str, cell, parent_run_id: str | None):
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of a stepped metric, in step order."""
-    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+    return sorted((m.step, m.value) for m in _client(uri).get_metric_history(run_id, key))
 
 
 def read_artifact_text(uri: str, run_id: str, path: str) -> str | None:
     """The text of a run's artifact, or None if the run has none at `path`."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     folder = path.rpartition("/")[0] or None
     if path not in {a.path for a in client.list_artifacts(run_id, folder)}:
         return None
@@ -148,12 +162,12 @@ def read_artifact_text(uri: str, run_id: str, path: str) -> str | None:
 
 
 def list_artifacts(uri: str, run_id: str, folder: str | None = None) -> list[str]:
-    return [a.path for a in MlflowClient(uri).list_artifacts(run_id, folder)]
+    return [a.path for a in _client(uri).list_artifacts(run_id, folder)]
 
 
 def latest_sweep_run(uri: str, sweep_name: str) -> mlflow.entities.Run | None:
     """The newest parent run of the sweep (one per `pipeline run` invocation)."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     experiment = client.get_experiment_by_name(sweep_name)
     if experiment is None:
         return None
@@ -164,7 +178,7 @@ def latest_sweep_run(uri: str, sweep_name: str) -> mlflow.entities.Run | None:
 def fail_running(uri: str, cell, parent_run_id: str | None, reason: str) -> None:
     """Close the cell's RUNNING run(s) under this sweep invocation as FAILED with `reason`:
     its job died without closing them (a killed worker)."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     query = f"tags.run_key = '{cell.run_key}' and attributes.status = 'RUNNING'"
     if parent_run_id:
         query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"

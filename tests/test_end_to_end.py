@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from pipeline import spec, track
 from pipeline.__main__ import main
 from tests.conftest import TINY_SWEEP
-
-
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_uri, local_ray, capsys):
@@ -50,7 +42,15 @@ def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_ur
     assert lora.data.metrics["train/tokens_per_s"] > 0 and lora.data.metrics["train/peak_mem_mb"] > 0
     assert lora.data.params["hparams.r"] == "4"
     assert {a.path for a in client.list_artifacts(lora.info.run_id, "adapter")} >= {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"comparison.md", "comparison.html", "sweep.yaml"}
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert logged >= {"comparison.md", "comparison.html", "comparison.tex", "comparison.csv", "report.html", "sweep.yaml"}
+
+    # The report command rebuilds the tables from MLflow alone, in any format.
+    assert main(["report", "tiny", "--tracking-uri", tracking_uri, "--format", "csv"]) == 0
+    csv = capsys.readouterr().out
+    assert csv.startswith("row,column,") and "test_name" in csv and "lora" in csv
+    assert main(["report", "tiny", "--tracking-uri", tracking_uri, "--baseline", "dora"]) == 2
+    assert "baseline 'dora' is not a method" in capsys.readouterr().err
 
     # A rerun finds every cell FINISHED: nothing runs again, no duplicate runs.
     assert main(["run", str(path), "--tracking-uri", tracking_uri]) == 0
