@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results, items = compare.sweep_results(uri, args.sweep)
         tables_html = compare.log_report(uri, run.info.run_id, results, items)["html"]
-        report.log(uri, run.info.run_id, args.sweep, results, tables_html)
+        report.log(uri, run.info.run_id, args.sweep, results, items, tables_html)
         print(f"logged report.html to run {run.info.run_id}")
         return 0
     if uri.startswith("http"):  # already a server: nothing to start

@@ -31,14 +31,14 @@ def run_data(uri: str, results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     runs = results[["run_id", "method", "seed"]].drop_duplicates()
     history, modules, curves = [], [], []
     for run in runs.itertuples(index=False):
-        history += [{"method": run.method, "seed": run.seed, "step": s, "loss": v} for s, v in track.metric_history(uri, run.run_id, "train/loss")]
+        history += [{"run_id": run.run_id, "method": run.method, "seed": run.seed, "step": s, "loss": v} for s, v in track.metric_history(uri, run.run_id, "train/loss")]
         for stage in ("early", "middle", "final"):
             text = track.read_artifact_text(uri, run.run_id, f"analysis/{stage}.json")
             if text is None:
                 continue
             record = json.loads(text)
             for entry in record["modules"]:
-                base = {"method": run.method, "seed": run.seed, "module": entry["module"], "step": record["step"], "stage": stage}
+                base = {"run_id": run.run_id, "method": run.method, "seed": run.seed, "module": entry["module"], "step": record["step"], "stage": stage}
                 if stage == "final":
                     modules.append({**base, **{k: entry.get(k) for k in ("stable_rank", "stable_rank_centered", "spectrum", "shift_map")}})
                 if "phi" in entry:
@@ -59,10 +59,9 @@ def method_summary(results: pd.DataFrame) -> pd.DataFrame:
     return cost.join(avg).reset_index()
 
 
-def build(uri: str, sweep_name: str, results: pd.DataFrame, tables_html: str, baseline: str | None = None) -> str:
+def build(uri: str, sweep_name: str, results: pd.DataFrame, tables_html: str, data: dict[str, pd.DataFrame], baseline: str | None = None) -> str:
     """The whole report as one HTML string: `tables_html` (the comparison report, already
-    rendered by `pipeline.compare`) and the figures."""
-    data = run_data(uri, results)
+    rendered by `pipeline.compare`) and the figures (`data` from `run_data`)."""
     sections = [f"<h1>peftbench · {html.escape(sweep_name)}</h1>", f"<p>Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {results.run_key.nunique()} finished cells.</p>"]
     sections.append(tables_html)
     summary = method_summary(results)
@@ -72,28 +71,62 @@ def build(uri: str, sweep_name: str, results: pd.DataFrame, tables_html: str, ba
     ]
     if summary.tokens_per_s.notna().any():
         figures_to_show.append(("Efficiency", figures.efficiency(summary, chosen), f"Training tokens/s and peak memory of each method ÷ {chosen}'s, measured in the same sweep."))
+    figures_to_show += training_figures(data)
+    sections += [_figure(*f) for f in figures_to_show]
+    return _page(sweep_name, sections)
+
+
+def training_figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, str, str]]:
+    """(title, svg, caption) of the loss curves and the adapters' diagnostics in `data`."""
+    shown = []
     if len(data["history"]):
-        figures_to_show.append(("Training loss", figures.loss_curves(data["history"]), "Loss on the answer tokens per optimizer step; line: mean over seeds, band: min–max."))
+        shown.append(("Training loss", figures.loss_curves(data["history"]), "Loss on the answer tokens per optimizer step; line: mean over seeds, band: min–max."))
     modules = data["modules"]
     if len(modules) and modules.stable_rank.notna().any():
-        figures_to_show.append(("Stable rank by depth", figures.stable_rank_by_depth(modules), "‖ΔW‖F² / ‖ΔW‖2² of the learned update per layer, attention vs MLP modules (LR-LoRA paper, Figure 2)."))
-        figures_to_show.append(("Singular-value spectra", figures.spectra(modules), "Singular values of ΔW divided by the largest, averaged over the adapted modules."))
+        shown.append(("Stable rank by depth", figures.stable_rank_by_depth(modules), "‖ΔW‖F² / ‖ΔW‖2² of the learned update per layer, attention vs MLP modules (LR-LoRA paper, Figure 2)."))
+        shown.append(("Singular-value spectra", figures.spectra(modules), "Singular values of ΔW divided by the largest, averaged over the adapted modules."))
     curves = data["curves"]
     if len(curves):
         one_module = curves.groupby("method").module.agg(lambda m: sorted(m.unique())[len(m.unique()) // 2])
         chosen_curves = curves[curves.module == curves.method.map(one_module)].drop_duplicates(["method", "stage"])
-        figures_to_show.append(("Learned φ curves", figures.phi_curves(chosen_curves), "φ(z) of the LR-LoRA transfer function in one mid-depth module at the first, middle and last step (first seed)."))
+        shown.append(("Learned φ curves", figures.phi_curves(chosen_curves), "φ(z) of the LR-LoRA transfer function in one mid-depth module at the first, middle and last step (first seed)."))
     if len(modules) and modules.shift_map.notna().any():
         maps = modules.dropna(subset=["shift_map"]).drop_duplicates("method")
-        figures_to_show.append(("Shift maps", figures.shift_maps(maps), "The learned LoRA-SHIFT modulation S (pooled to 32×32) of the first adapted module."))
-    for title, svg, caption in figures_to_show:
-        sections.append(f"<h2>{html.escape(title)}</h2><figure class='figure'>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>")
-    return _page(sweep_name, sections)
+        shown.append(("Shift maps", figures.shift_maps(maps), "The learned LoRA-SHIFT modulation S (pooled to 32×32) of the first adapted module."))
+    return shown
 
 
-def log(uri: str, parent_run_id: str, sweep_name: str, results: pd.DataFrame, tables_html: str, baseline: str | None = None) -> None:
-    """Build the report and attach it to the sweep's parent run as `report.html`."""
-    track.log_text(uri, parent_run_id, build(uri, sweep_name, results, tables_html, baseline), "report.html")
+def cell_page(rows: pd.DataFrame, data: dict[str, pd.DataFrame], items: pd.DataFrame) -> str:
+    """One cell's own page: its scores (`rows`: its results-frame rows), its training figures
+    and every scored item."""
+    run = rows.iloc[0]
+    title = f"{run.method} · {run.backbone} · {run.regime} · seed {run.seed}"
+    scores = rows.pivot_table(index="task", columns="metric", values="value")
+    sections = [f"<h1>{html.escape(title)}</h1>", "<h2>Scores</h2>", scores.to_html(border=0, float_format="{:.4f}".format)]
+    sections += [_figure(*f) for f in training_figures(data)]
+    if len(items):
+        sections += ["<h2>Scored items</h2>", items.drop(columns=["run_key", "method", "backbone", "regime", "seed"], errors="ignore").to_html(index=False, border=0)]
+    return _page(title, sections)
+
+
+def log_cell_pages(uri: str, results: pd.DataFrame, items: pd.DataFrame | None, data: dict[str, pd.DataFrame]) -> None:
+    """Each cell's page as `report.html` on its own child run."""
+    for run_id, rows in results.groupby("run_id"):
+        own = {name: frame[frame.run_id == run_id] if len(frame) else frame for name, frame in data.items()}
+        own_items = items[items.run_key == rows.run_key.iloc[0]] if items is not None and len(items) else pd.DataFrame()
+        track.log_text(uri, run_id, cell_page(rows, own, own_items), "report.html")
+
+
+def _figure(title: str, svg: str, caption: str) -> str:
+    return f"<h2>{html.escape(title)}</h2><figure class='figure'>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def log(uri: str, parent_run_id: str, sweep_name: str, results: pd.DataFrame, items: pd.DataFrame | None, tables_html: str, baseline: str | None = None) -> None:
+    """Attach the sweep's report to its parent run and each cell's page to its child run,
+    both as `report.html`."""
+    data = run_data(uri, results)
+    track.log_text(uri, parent_run_id, build(uri, sweep_name, results, tables_html, data, baseline), "report.html")
+    log_cell_pages(uri, results, items, data)
 
 
 def _page(title: str, sections: list[str]) -> str:

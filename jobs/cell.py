@@ -98,6 +98,7 @@ def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[
     run.log_metrics(metrics)
     for task, rows in scores.samples.items():
         run.log_text("\n".join(json.dumps(r) for r in rows) + "\n", f"eval/samples_{task}.jsonl")
+    run.log_table([{"task": task, **r} for task, rows in scores.samples.items() for r in rows], "eval/items.json")
     run.log_text(json.dumps(scores.raw, indent=1, default=str), "eval/lm_eval_results.json")
     return metrics
 

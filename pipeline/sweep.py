@@ -41,7 +41,7 @@ def run(spec_path: str, address: str | None = None, tracking_uri: str | None = N
     else:
         items = compare.items_frame(uri, results)
         texts = compare.log_report(uri, parent, results, items)
-        report.log(uri, parent, sweep.name, results, texts["html"])
+        report.log(uri, parent, sweep.name, results, items, texts["html"])
         print(texts["md"])
     track.end_run(uri, parent, ok=not failed)
     if failed:

@@ -117,6 +117,12 @@ class CellRun:
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
 
+    def log_table(self, rows: list[dict], path: str) -> None:
+        """Rows as an MLflow table artifact (`path` ends in .json): the UI shows it as a table."""
+        import pandas as pd
+
+        self.client.log_table(self.run_id, pd.DataFrame(rows), path)
+
     def log_dir(self, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 

@@ -63,10 +63,13 @@ def test_report_is_reachable_and_visible_in_the_mlflow_ui(mlflow_server, write_s
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
-    assert main(["run", str(write_spec(TINY_SWEEP)), "--tracking-uri", mlflow_server]) == 0
+    sweep = TINY_SWEEP.replace("methods:\n", "methods:\n  - name: lr_lora\n    hparams: {r: 4}\n  - name: lora_shift\n    hparams: {r: 4}\n")
+    assert main(["run", str(write_spec(sweep)), "--tracking-uri", mlflow_server]) == 0
     run = track.latest_sweep_run(mlflow_server, "tiny")
     report = track.read_artifact_text(mlflow_server, run.info.run_id, "report.html")
     assert "<table" in report and "<svg" in report
+    for section in ("Accuracy vs trainable parameters", "Efficiency", "Training loss", "Stable rank by depth", "Singular-value spectra", "Learned φ curves", "Shift maps"):
+        assert f"<h2>{section}</h2>" in report, section
     assert "http://" not in report.replace("http://www.w3.org", "")  # self-contained: no CDN, no links out
 
     driver = browser()

@@ -36,11 +36,15 @@ def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_ur
         items = [json.loads(line) for line in open(samples)]
         assert len(items) == 16
         assert run.data.metrics["arc_easy/acc"] == pytest.approx(sum(i["acc"] for i in items) / 16)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")} | {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"eval/items.json", "report.html"} <= artifacts  # the per-item table and the cell's own page
     lora = by_method["lora"]
     assert lora.data.metrics["params/trainable"] > 0 and by_method["none"].data.metrics["params/trainable"] == 0
     assert len(client.get_metric_history(lora.info.run_id, "train/loss")) == 6
     assert lora.data.metrics["train/tokens_per_s"] > 0 and lora.data.metrics["train/peak_mem_mb"] > 0
     assert lora.data.params["hparams.r"] == "4"
+    final = json.loads(open(client.download_artifacts(lora.info.run_id, "analysis/final.json")).read())
+    assert final["step"] == 6 and final["modules"] and all(m["stable_rank"] >= 1.0 - 1e-6 for m in final["modules"])
     assert {a.path for a in client.list_artifacts(lora.info.run_id, "adapter")} >= {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
     logged = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert logged >= {"comparison.md", "comparison.html", "comparison.tex", "comparison.csv", "report.html", "sweep.yaml"}
