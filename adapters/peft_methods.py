@@ -252,13 +252,18 @@ def build_qlora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropo
 
 
 def quantize_nf4(model: nn.Module) -> None:
-    """Replace every nn.Linear except the output head by a frozen bitsandbytes NF4 Linear4bit."""
+    """Replace every nn.Linear except the output head by a frozen bitsandbytes NF4 Linear4bit.
+
+    A sequence classifier's head (`classifier` or `score`, as peft's SEQ_CLS names it) stays
+    float too: it is new and trains in full.
+    """
     import bitsandbytes as bnb
 
-    head = model.get_output_embeddings()
+    heads = [model.get_output_embeddings()] + [c for n, c in model.named_children() if n in ("classifier", "score")]
+    kept = {id(m) for head in heads if head is not None for m in head.modules()}
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if type(child) is nn.Linear and child is not head:
+            if type(child) is nn.Linear and id(child) not in kept:
                 q = bnb.nn.Linear4bit(
                     child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=torch.float32, quant_type="nf4"
                 )

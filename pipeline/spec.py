@@ -182,10 +182,15 @@ def train_args(sweep: Sweep, backbone: BackboneSpec, method: MethodSpec) -> Trai
 
 
 def expand(sweep: Sweep) -> list[Cell]:
-    """Every backbone × method (× its grid) × regime × seed, with training overrides applied."""
+    """Every backbone × method (× its grid) × regime × seed, with training overrides applied.
+
+    A GLUE regime trains one model per task (each task has its own head): it expands into one
+    cell per task, under the regime's name (one table block), scored on the sweep's tasks that
+    share the task's label space (RTE's head also scores QNLI).
+    """
     rows = [(method, label, hparams) for method in sweep.methods for label, hparams in method.grid()]
     cells = []
-    for backbone, (method, label, hparams), regime, seed in itertools.product(sweep.backbones, rows, sweep.regimes, sweep.seeds):
+    for backbone, (method, label, hparams), (regime, scored), seed in itertools.product(sweep.backbones, rows, _trained(sweep), sweep.seeds):
         cells.append(
             Cell(
                 sweep=sweep.name,
@@ -197,12 +202,25 @@ def expand(sweep: Sweep) -> list[Cell]:
                 seed=seed,
                 train=train_args(sweep, backbone, method),
                 eval=sweep.eval,
-                tasks=sweep.tasks,
+                tasks=scored,
                 resources=backbone.resources or sweep.resources,
                 checkpoint_every=sweep.checkpoint_every,
             )
         )
     return cells
+
+
+def _trained(sweep: Sweep) -> list[tuple[Regime, list[str]]]:
+    """(the regime a cell trains on, the tasks it is scored on) for every cell of a backbone × method × seed."""
+    from jobs import glue
+
+    out = []
+    for regime in sweep.regimes:
+        if not glue.is_glue(regime.tasks[0]):
+            out.append((regime, sweep.tasks))
+            continue
+        out += [(regime.model_copy(update={"tasks": [t]}), glue.scored_with(t, sweep.tasks)) for t in regime.tasks]
+    return out
 
 
 def check_resources(path: str | Path, sweep: Sweep, nodes: list[dict[str, float]], where: str) -> None:
@@ -252,7 +270,7 @@ def load(path: str | Path) -> Sweep:
 def _check_names(path: Path, sweep: Sweep) -> None:
     """Everything the spec names exists: methods and their hyperparameters, backbones, tasks."""
     import adapters
-    from jobs import backbones, tasks
+    from jobs import backbones, glue, tasks
 
     for i, method in enumerate(sweep.methods):
         try:
@@ -277,14 +295,24 @@ def _check_names(path: Path, sweep: Sweep) -> None:
         data = tasks.data_dir()
     except tasks.TaskError as err:
         raise SpecError(f"{path}: {err}") from None
+    known = tasks.names() + glue.names()
     for where, names in [("tasks", sweep.tasks)] + [(f"regimes.{i}.tasks", r.tasks) for i, r in enumerate(sweep.regimes)]:
         for j, name in enumerate(names):
-            if name not in tasks.names():
-                raise SpecError(f"{path}: {where}.{j}: unknown task {name!r} (known: {', '.join(tasks.names())})")
+            if name not in known:
+                raise SpecError(f"{path}: {where}.{j}: unknown task {name!r} (known: {', '.join(known)})")
+    n_glue = sum(map(glue.is_glue, sweep.tasks + [t for r in sweep.regimes for t in r.tasks]))
+    if 0 < n_glue < len(sweep.tasks) + sum(len(r.tasks) for r in sweep.regimes):
+        raise SpecError(f"{path}: tasks: GLUE and commonsense tasks cannot share a sweep (a classifier head vs lm-eval scoring)")
     for i, regime in enumerate(sweep.regimes):
         for name in regime.tasks:
-            if data is not None and not tasks.has_training_split(name):
-                raise SpecError(f"{path}: regimes.{i}.tasks: {name!r} has no train split in {data}")
+            if data is not None and not (glue.has_split(name, "train", data) if glue.is_glue(name) else tasks.has_training_split(name)):
+                raise SpecError(f"{path}: regimes.{i}.tasks: {name!r} has no train split in {data}, so it cannot be trained on (it can be scored)")
+            if glue.is_glue(name) and not glue.scored_with(name, sweep.tasks):
+                raise SpecError(f"{path}: regimes.{i}.tasks: a head trained on {name!r} scores none of `tasks` (add {name} to tasks)")
+    if not n_glue:
+        for i, backbone in enumerate(sweep.backbones):
+            if backbone.name in backbones.ENCODERS:
+                raise SpecError(f"{path}: backbones.{i}: {backbone.name!r} is an encoder: it trains and scores GLUE tasks only")
 
 
 def _is_count(value: Any) -> bool:

@@ -30,6 +30,8 @@ PAIR = BLOCK + ["task", "seed"]
 FRACTION_METRICS = ("acc", "acc_norm", "mcc", "f1", "pearson", "spearman", "exact_match")
 # Which metric stands for a task in tables when a run logged several.
 PRIMARY_METRICS = ("acc", "mcc", "pearson", "f1", "acc_norm", "exact_match")
+# Column order of GLUE tasks, as seed 001 Table 2 has them (other tasks keep their order, first).
+GLUE_ORDER = ("sst2", "mrpc", "cola", "qnli", "rte", "stsb")
 # A task of this name carries a reported average (published numbers), not a task of its own.
 REPORTED_AVERAGE = "avg"
 # The seed of a published row: a paper's mean over its own seeds, not one of our runs.
@@ -191,6 +193,13 @@ def task_metrics(results: pd.DataFrame) -> dict[str, str]:
         ranked = [m for m in PRIMARY_METRICS if m in metrics]
         chosen[task] = ranked[0] if ranked else sorted(metrics)[0]
     return chosen
+
+
+def comparable_items(items: pd.DataFrame, results: pd.DataFrame, score: str = "acc") -> pd.DataFrame:
+    """The items of tasks whose table metric is the per-item `score`: a per-item 0/1 accuracy
+    tests an accuracy column, not a Matthews correlation (CoLA) or a Pearson correlation (STS-B),
+    whose columns are tested over seeds instead."""
+    return items[items["task"].map(task_metrics(results)) == score]
 
 
 def seed_values(results: pd.DataFrame, metrics: Mapping[str, str] | None = None) -> pd.DataFrame:

@@ -140,11 +140,12 @@ def comparison_table(
     results = results.assign(method=row_labels(results))
     if items is not None:
         labels = results.drop_duplicates("run_key").set_index("run_key")["method"]
-        items = items.assign(method=items["run_key"].map(labels).fillna(items["method"]))
+        items = stats.comparable_items(items.assign(method=items["run_key"].map(labels).fillna(items["method"])), results)
     methods = list(dict.fromkeys(results["method"]))
     baseline = resolve_baseline(methods, baseline)
     values = stats.seed_values(results)
-    order = {name: i for i, name in enumerate([*methods, *dict.fromkeys(results["task"])])}
+    tasks = sorted(dict.fromkeys(results["task"]), key=lambda t: stats.GLUE_ORDER.index(t) if t in stats.GLUE_ORDER else -1)
+    order = {name: i for i, name in enumerate([*methods, *tasks])}
     values = values.sort_values(["method", "task"], key=lambda column: column.map(order), kind="stable")
     task_tests = _task_tests(values, items, baseline, alpha, with_aso)
     average_tests = stats.across_tasks(values, baseline, items=items, alpha=alpha)
@@ -371,6 +372,8 @@ def render_reports(
 ) -> dict[str, str]:
     """`render_report` in several formats, the tests computed once: {format: text}."""
     table = comparison_table(results, items, baseline, alpha, with_aso)
+    if claims is not None and items is not None:
+        items = stats.comparable_items(items, results)
     verdicts = claims_check.check(results, claims, items=items) if claims is not None else None  # at the claims file's own α
     return {fmt: _report_text(table, verdicts, fmt) for fmt in formats}
 
