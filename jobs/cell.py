@@ -40,10 +40,14 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
 
     Checkpoints go to `checkpoint_dir/<run_key>` (default: the cache dir), where a rerun of a
     killed cell finds them; they are removed once the cell is FINISHED.
+    In a multi-process cell (RANK set by the scheduler) only rank 0 logs and evaluates; the
+    other ranks train their share of each batch and return.
     """
     _quiet_libraries()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions"))
     checkpoints = Path(checkpoint_dir or backbones.cache_dir() / "checkpoints") / cell.run_key
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train_other_rank(cell, checkpoints)
     run_id = None
     try:
         with track.cell_run(tracking_uri, cell, parent_run_id) as run:
@@ -56,22 +60,42 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
         return JobResult(cell.run_key, "FAILED", run_id, error=f"{type(err).__name__}: {err}")
 
 
-def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[str, float]:
+def _train_other_rank(cell: Cell, checkpoints: Path) -> JobResult:
+    """A rank other than 0: train (the collectives need every rank), log nothing."""
+    try:
+        model, tokenizer, trainable, _ = _adapted(cell)
+        if trainable:
+            _train(cell, model, tokenizer, checkpoints, on_step=None)
+        return JobResult(cell.run_key, "FINISHED")
+    except Exception as err:
+        traceback.print_exc()
+        return JobResult(cell.run_key, "FAILED", error=f"rank {os.environ['RANK']}: {type(err).__name__}: {err}")
+
+
+def _adapted(cell: Cell) -> tuple[torch.nn.Module, object, int, int]:
+    """(backbone with the method applied, tokenizer, trainable parameters, backbone parameters)."""
     model, tokenizer = backbones.load(cell.backbone)
     total = sum(p.numel() for p in model.parameters())
     model = adapters.apply(model, cell.method, **cell.hparams)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, tokenizer, sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def _train(cell: Cell, model, tokenizer, checkpoints: Path, on_step):
+    n = None if cell.regime.n_examples == "full" else cell.regime.n_examples
+    examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, tasks.data_dir())
+    return train(
+        model, tokenizer, examples, cell.train, cell.seed, on_step=on_step, method=cell.method, hparams=cell.hparams,
+        checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
+    )
+
+
+def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[str, float]:
+    model, tokenizer, trainable, total = _adapted(cell)
     metrics = {"params/trainable": trainable, "params/backbone": total, "params/trainable_pct": 100 * trainable / total}
     data_dir = tasks.data_dir()
 
     if trainable:
-        n = None if cell.regime.n_examples == "full" else cell.regime.n_examples
-        examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, data_dir)
-        model, result = train(
-            model, tokenizer, examples, cell.train, cell.seed,
-            on_step=_step_logger(run, model), method=cell.method, hparams=cell.hparams,
-            checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
-        )
+        model, result = _train(cell, model, tokenizer, checkpoints, _step_logger(run, model))
         metrics.update(
             {
                 "train/final_loss": result.losses[-1],
