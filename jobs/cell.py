@@ -6,6 +6,7 @@ calls without Ray. It knows nothing about the sweep beyond the Cell it is given.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -44,7 +45,10 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
     other ranks train their share of each batch and return.
     """
     _quiet_libraries()
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions"))
+    # Compiled ops belong to one interpreter and torch build: two venvs sharing one cache dir
+    # (two checkouts) would otherwise rebuild each other's ops at every cell, about 40 s each.
+    build = hashlib.sha256(f"{sys.prefix}:{torch.__version__}".encode()).hexdigest()[:12]
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions" / build))
     checkpoints = Path(checkpoint_dir or backbones.cache_dir() / "checkpoints") / cell.run_key
     if int(os.environ.get("RANK", "0")) != 0:
         return _train_other_rank(cell, checkpoints)
