@@ -6,6 +6,7 @@ calls without Ray. It knows nothing about the sweep beyond the Cell it is given.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -40,10 +41,17 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
 
     Checkpoints go to `checkpoint_dir/<run_key>` (default: the cache dir), where a rerun of a
     killed cell finds them; they are removed once the cell is FINISHED.
+    In a multi-process cell (RANK set by the scheduler) only rank 0 logs and evaluates; the
+    other ranks train their share of each batch and return.
     """
     _quiet_libraries()
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions"))
+    # Compiled ops belong to one interpreter and torch build: two venvs sharing one cache dir
+    # (two checkouts) would otherwise rebuild each other's ops at every cell, about 40 s each.
+    build = hashlib.sha256(f"{sys.prefix}:{torch.__version__}".encode()).hexdigest()[:12]
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions" / build))
     checkpoints = Path(checkpoint_dir or backbones.cache_dir() / "checkpoints") / cell.run_key
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train_other_rank(cell, checkpoints)
     run_id = None
     try:
         with track.cell_run(tracking_uri, cell, parent_run_id) as run:
@@ -56,30 +64,56 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
         return JobResult(cell.run_key, "FAILED", run_id, error=f"{type(err).__name__}: {err}")
 
 
-def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[str, float]:
-    # A GLUE cell trains one task's head (spec.expand gives each GLUE task its own cell).
-    head_task = cell.regime.tasks[0] if glue.is_glue(cell.regime.tasks[0]) else None
+def _train_other_rank(cell: Cell, checkpoints: Path) -> JobResult:
+    """A rank other than 0: train (the collectives need every rank), log nothing."""
+    try:
+        model, tokenizer, trainable, _ = _adapted(cell)
+        if trainable:
+            _train(cell, model, tokenizer, checkpoints, on_step=None)
+        return JobResult(cell.run_key, "FINISHED")
+    except Exception as err:
+        traceback.print_exc()
+        return JobResult(cell.run_key, "FAILED", error=f"rank {os.environ['RANK']}: {type(err).__name__}: {err}")
+
+
+def _head_task(cell: Cell) -> str | None:
+    """The GLUE task whose classifier head this cell trains (spec.expand gives each its own cell)."""
+    return cell.regime.tasks[0] if glue.is_glue(cell.regime.tasks[0]) else None
+
+
+def _adapted(cell: Cell) -> tuple[torch.nn.Module, object, int, int]:
+    """(backbone with the method applied, tokenizer, trainable parameters, backbone parameters)."""
+    head_task = _head_task(cell)
     torch.manual_seed(cell.seed)  # a new classifier head is initialised from the cell's seed
     model, tokenizer = backbones.load(cell.backbone, glue.num_labels(head_task) if head_task else None)
     total = sum(p.numel() for p in model.parameters())
     model = adapters.apply(model, cell.method, **cell.hparams)
     if head_task:
         glue.train_head(model)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, tokenizer, sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def _train(cell: Cell, model, tokenizer, checkpoints: Path, on_step):
+    n = None if cell.regime.n_examples == "full" else cell.regime.n_examples
+    head_task = _head_task(cell)
+    if head_task:
+        examples = glue.training_examples(head_task, n, cell.regime.sample_seed, tasks.data_dir())
+    else:
+        examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, tasks.data_dir())
+    return train(
+        model, tokenizer, examples, cell.train, cell.seed, on_step=on_step, method=cell.method, hparams=cell.hparams,
+        checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
+    )
+
+
+def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[str, float]:
+    head_task = _head_task(cell)
+    model, tokenizer, trainable, total = _adapted(cell)
     metrics = {"params/trainable": trainable, "params/backbone": total, "params/trainable_pct": 100 * trainable / total}
     data_dir = tasks.data_dir()
 
     if trainable:
-        n = None if cell.regime.n_examples == "full" else cell.regime.n_examples
-        if head_task:
-            examples = glue.training_examples(head_task, n, cell.regime.sample_seed, data_dir)
-        else:
-            examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, data_dir)
-        model, result = train(
-            model, tokenizer, examples, cell.train, cell.seed,
-            on_step=_step_logger(run, model), method=cell.method, hparams=cell.hparams,
-            checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
-        )
+        model, result = _train(cell, model, tokenizer, checkpoints, _step_logger(run, model))
         metrics.update(
             {
                 "train/final_loss": result.losses[-1],

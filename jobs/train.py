@@ -94,14 +94,21 @@ def init_distributed() -> None:
     """Join (or, for a lone process, create) the torch.distributed group DeepSpeed uses.
 
     A single process sets the rendezvous variables itself: without them DeepSpeed falls back
-    to MPI discovery. Launchers (Ray Train, torchrun) set them for multi-process cells.
+    to MPI discovery. Launchers (the scheduler's rank actors, torchrun) set them for
+    multi-process cells, LOCAL_RANK naming this rank's device among the visible GPUs.
     """
     if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port("127.0.0.1")))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+
+
+def free_port(host: str) -> int:
+    """A TCP port nobody listens on right now, for a rendezvous on `host`."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def seed_everything(seed: int) -> None:
@@ -171,7 +178,7 @@ def train(
         next(batches)
     started = time.perf_counter()
     for step in range(start, steps):
-        step_loss = 0.0
+        step_loss, step_tokens = 0.0, 0
         for micro in range(args.grad_accum):
             batch = {k: v.to(engine.device) for k, v in collate(next(batches), tokenizer.pad_token_id).items()}
             loss = engine(**batch).loss
@@ -180,7 +187,12 @@ def train(
                 adapters.after_backward(engine.module, method, step, steps)
             engine.step()
             step_loss += loss.item() / args.grad_accum
-            result.train_tokens += int(batch["attention_mask"].sum()) * world
+            step_tokens += int(batch["attention_mask"].sum())
+        if world > 1:  # the global batch's loss and tokens, as one process with grad_accum × world sees them
+            totals = torch.tensor([step_loss, step_tokens], dtype=torch.float64, device=engine.device)
+            torch.distributed.all_reduce(totals)
+            step_loss, step_tokens = totals[0].item() / world, int(totals[1].item())
+        result.train_tokens += step_tokens
         if not math.isfinite(step_loss):
             raise DivergedError(f"loss is {step_loss} at step {step}")
         result.losses.append(step_loss)
@@ -227,15 +239,16 @@ def _resume(engine, directory: Path | None, result: TrainResult) -> int:
 
 
 def _micro_batches(rows, size: int, rank: int, world: int, seed: int):
-    """Endless micro-batches: each epoch a fresh seeded shuffle, this rank's share of it."""
+    """Endless micro-batches: each epoch a fresh seeded shuffle cut into chunks of `size`;
+    rank r takes chunks r, r + world, ... So `world` ranks see together exactly the
+    micro-batches one process with `grad_accum × world` sees, and their curves agree."""
     rng = random.Random(seed)
-    epoch_size = (len(rows) // (size * world)) * size * world or len(rows)
+    chunks = len(rows) // (size * world) * world
     while True:
         order = list(range(len(rows)))
         rng.shuffle(order)
-        mine = order[:epoch_size][rank::world]
-        for i in range(0, len(mine) - size + 1, size):
-            yield [rows[j] for j in mine[i : i + size]]
+        for chunk in range(rank, chunks, world):
+            yield [rows[j] for j in order[chunk * size : (chunk + 1) * size]]
 
 
 if __name__ == "__main__":

@@ -2,21 +2,29 @@
 
 The driver decides what runs where; the task (`jobs.cell.run_cell`) knows nothing about the
 sweep. Each task runs in a fresh worker process (`max_calls=1`), so a cell's torch.distributed
-group, peak-memory reading and memory are its own. Retries are the driver's, not Ray's, so a
+group, peak-memory reading and memory are its own. A cell with `processes: N` runs as N rank
+actors in one placement group (PACK: on one node when one fits them), gloo on CPU and NCCL on
+GPU, with the rendezvous address and each rank's device taken from where Ray placed it. Retries are the driver's, not Ray's, so a
 cell that raised and a cell whose worker was killed are retried the same way, and the killed
 attempt's MLflow run is closed FAILED with the reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections import Counter, deque
+import sys
+from collections import Counter
 
 import ray
 import torch
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
+from jobs import tasks
 from jobs.cell import JobResult, run_cell
+from jobs.train import free_port
 from pipeline import track
 from pipeline.spec import Cell
 
@@ -26,12 +34,18 @@ def connect(address: str | None) -> None:
     so that a cluster someone else started on this machine is never joined by accident).
 
     Jobs inherit the data and cache locations the driver resolved, so a local run and a
-    `ray job submit` run read the same files.
+    `ray job submit` run read the same files (a job's workers run from a copy of the working
+    dir, where "../shared/data beside the repo" is not). Variables the submitted job's own
+    runtime env sets are left to it: Ray refuses to merge two values of one variable.
     """
-    env = {k: os.environ[k] for k in ("PEFTBENCH_DATA", "PEFTBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if k in os.environ}
-    env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
     if ray.is_initialized():
         return
+    env = {k: os.environ[k] for k in ("PEFTBENCH_DATA", "PEFTBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if k in os.environ}
+    if tasks.data_dir():
+        env["PEFTBENCH_DATA"] = str(tasks.data_dir())
+    env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    env = {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
     ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
 
 
@@ -54,33 +68,128 @@ def run_cells(
     checkpoint_dir: str | None = None,
     skipped: int = 0,
 ) -> list[JobResult]:
-    """Run every cell as a Ray task, at most `max_concurrent` at once, retrying failures;
-    return each cell's last result. The bar counts skipped (already finished) cells as done."""
-    remote = ray.remote(max_calls=1, max_retries=0)(run_cell)
-    queue, pending, attempts, results = deque(cells), {}, Counter(), []
+    """Run every cell as a Ray task (or, with `processes` > 1, a group of rank actors), at most
+    `max_concurrent` at once, retrying failures; return each cell's last result.
+
+    A cell is submitted only when the cluster's CPUs and GPUs not held by this sweep's running
+    cells cover it, so what is in flight is what runs and the display's `running` is true.
+    The bar counts skipped (already finished) cells as done; its remaining time is the ETA.
+    """
+    single = ray.remote(max_calls=1, max_retries=0)(run_cell)
+    grouped = ray.remote(num_cpus=0, max_retries=0)(_run_ranks)
+    queue, pending, groups, attempts, results = list(cells), {}, {}, Counter(), []
     limit = max_concurrent or len(cells)
-    with tqdm(total=len(cells) + skipped, initial=skipped, desc="cells", unit="cell", dynamic_ncols=True) as bar:
+    # In a log (`ray job logs`, CI) a redraw every second would flood it: every 30 s there.
+    interval = 0.1 if sys.stderr.isatty() else 30
+    with tqdm(total=len(cells) + skipped, initial=skipped, desc="cells", unit="cell", dynamic_ncols=True, mininterval=interval) as bar:
         while queue or pending:
-            while queue and len(pending) < limit:
-                cell = queue.popleft()
-                task = remote.options(num_cpus=cell.resources.cpus, num_gpus=cell.resources.gpus)
-                pending[task.remote(cell, tracking_uri, parent_run_id, checkpoint_dir)] = cell
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(ref)
-            result = _result(ref, cell, tracking_uri, parent_run_id)
-            attempts[cell.run_key] += 1
-            retry = result.status != "FINISHED" and attempts[cell.run_key] <= max_retries and not result.error.startswith("DivergedError")
-            if retry:  # resumes from the cell's last checkpoint, if it wrote one
-                queue.append(cell)
-            else:
-                results.append(result)
-                bar.update()
+            while len(pending) < limit and (cell := _next_fitting(queue, pending.values())):
+                queue.remove(cell)
+                res = cell.resources
+                if res.processes == 1:
+                    ref = single.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(cell, tracking_uri, parent_run_id, checkpoint_dir)
+                else:
+                    bundle = {k: v for k, v in (("CPU", res.cpus), ("GPU", res.gpus)) if v}
+                    group = placement_group([bundle] * res.processes, strategy="PACK")
+                    ref = grouped.remote(cell, group, tracking_uri, parent_run_id, checkpoint_dir)
+                    groups[ref] = group
+                pending[ref] = cell
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            last = ""
+            for ref in ready:
+                cell = pending.pop(ref)
+                result = _result(ref, cell, tracking_uri, parent_run_id)
+                if ref in groups:  # frees the reservation; ends any rank still alive
+                    remove_placement_group(groups.pop(ref))
+                attempts[cell.run_key] += 1
+                retry = result.status != "FINISHED" and attempts[cell.run_key] <= max_retries and not result.error.startswith("DivergedError")
+                if retry:  # resumes from the cell's last checkpoint, if it wrote one
+                    queue.append(cell)
+                else:
+                    results.append(result)
+                    bar.update()
+                last = f"{cell.label}/s{cell.seed}{' retrying' if retry else ''}"
             failed = sum(r.status != "FINISHED" for r in results)
-            bar.set_postfix(
-                done=len(results) - failed, running=min(len(pending), _slots()), failed=failed, skipped=skipped,
-                queued=len(queue), last=f"{cell.label}/s{cell.seed}{' retrying' if retry else ''}",
-            )
+            bar.set_postfix(done=len(results) - failed, running=len(pending), failed=failed, skipped=skipped, queued=len(queue), **({"last": last} if last else {}))
     return results
+
+
+def _next_fitting(queue: list[Cell], running) -> Cell | None:
+    """The first queued cell whose CPUs and GPUs are free now (the first queued one when none
+    runs: what a cell needs was checked against the cluster before the sweep started)."""
+    running = list(running)
+    if not queue or not running:
+        return queue[0] if queue else None
+    total = ray.cluster_resources()
+    for cell in queue:
+        if all(_demand(cell, kind) + sum(_demand(c, kind) for c in running) <= total.get(kind, 0) for kind in ("CPU", "GPU")):
+            return cell
+    return None
+
+
+def _demand(cell: Cell, kind: str) -> float:
+    res = cell.resources
+    return (res.cpus if kind == "CPU" else res.gpus) * res.processes
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class _Rank:
+    """One DeepSpeed rank of a multi-process cell, in a worker process of its own."""
+
+    def place(self) -> tuple[str, list[str], int]:
+        """(this node's address, the GPU ids Ray gave this rank, a free port on this node)."""
+        address = ray.util.get_node_ip_address()
+        return address, [str(g) for g in ray.get_gpu_ids()], free_port(address)
+
+    def run(self, env: dict[str, str], *args) -> JobResult:
+        os.environ.update(env)
+        return run_cell(*args)
+
+
+def _run_ranks(cell: Cell, group: PlacementGroup, tracking_uri: str, parent_run_id: str | None, checkpoint_dir: str | None) -> JobResult:
+    """Run a cell's ranks, one actor per bundle of its placement group, and return rank 0's
+    result. A rank that fails stops the others (they would wait in a collective forever); a
+    rank whose process died raises, so the driver records the cell as a dead worker."""
+    ray.get(group.ready())
+    ranks = [
+        _Rank.options(num_cpus=cell.resources.cpus, num_gpus=cell.resources.gpus,
+                      scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)).remote()
+        for i in range(cell.resources.processes)
+    ]
+    try:
+        places = ray.get([rank.place.remote() for rank in ranks])
+        running = {rank.run.remote(env, cell, tracking_uri, parent_run_id, checkpoint_dir): i for i, (rank, env) in enumerate(zip(ranks, rank_env(places)))}
+        results = {}
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            results[running.pop(ref)] = result = ray.get(ref)
+            if result.status != "FINISHED":
+                break
+    finally:
+        for rank in ranks:
+            ray.kill(rank)
+    if 0 in results:
+        return results[0]
+    failed = next(r for r in results.values() if r.status != "FINISHED")
+    track.fail_running(tracking_uri, cell, parent_run_id, failed.error)  # rank 0 was stopped mid-run
+    return JobResult(cell.run_key, "FAILED", error=failed.error)
+
+
+def rank_env(places: list[tuple[str, list[str], int]]) -> list[dict[str, str]]:
+    """torch.distributed variables per rank from where Ray placed each: rank 0's node and port
+    for the rendezvous; LOCAL_RANK the rank's device among its node's GPUs (all of them visible
+    to each rank on that node, for NCCL's peer-to-peer paths), or its place on the node on CPU."""
+    master, _, port = places[0]
+    envs = []
+    for rank, (node, gpus, _) in enumerate(places):
+        neighbours = [r for r, p in enumerate(places) if p[0] == node]
+        env = {"RANK": str(rank), "WORLD_SIZE": str(len(places)), "LOCAL_RANK": str(neighbours.index(rank)),
+               "LOCAL_WORLD_SIZE": str(len(neighbours)), "MASTER_ADDR": master, "MASTER_PORT": str(port)}
+        if gpus:
+            node_gpus = list(dict.fromkeys(g for r in neighbours for g in places[r][1]))
+            env.update(CUDA_VISIBLE_DEVICES=",".join(node_gpus), LOCAL_RANK=str(node_gpus.index(gpus[0])))
+        envs.append(env)
+    return envs
 
 
 def _result(ref, cell: Cell, tracking_uri: str, parent_run_id: str | None) -> JobResult:
@@ -92,7 +201,3 @@ def _result(ref, cell: Cell, tracking_uri: str, parent_run_id: str | None) -> Jo
         reason = f"worker died: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         track.fail_running(tracking_uri, cell, parent_run_id, reason)
         return JobResult(cell.run_key, "FAILED", error=reason)
-
-
-def _slots() -> int:
-    return int(ray.cluster_resources().get("CPU", 1))
