@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,15 +94,20 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 def init_distributed() -> None:
     """Join (or, for a lone process, create) the torch.distributed group DeepSpeed uses.
 
-    A single process sets the rendezvous variables itself: without them DeepSpeed falls back
-    to MPI discovery. Launchers (the scheduler's rank actors, torchrun) set them for
-    multi-process cells, LOCAL_RANK naming this rank's device among the visible GPUs.
+    A lone process rendezvouses through a fresh file (no TCP port: a port picked free can be
+    taken by another process before the store binds it, which killed cells under load).
+    Launchers (the scheduler's rank actors, torchrun) set RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    for multi-process cells, LOCAL_RANK naming this rank's device among the visible GPUs.
     """
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port("127.0.0.1")))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # (a lone process may inherit a stale RANK=0)
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        store = Path(tempfile.mkdtemp(prefix="peftbench-dist-")) / "store"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, init_method=f"file://{store}", rank=0, world_size=1)
+        return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
 def free_port(host: str) -> int:
