@@ -74,14 +74,14 @@ def _run(path: Path, cluster, uri: str, checkpoints: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
 
 
-def test_a_cell_no_node_can_hold_is_rejected_against_the_live_cluster(cluster, write_spec, capsys):
+def test_a_cell_no_node_can_hold_is_rejected_against_the_live_cluster(cluster, write_spec, tracking_uri, capsys):
     for resources, need in (("{gpus: 3}", "1 CPUs and 3 GPUs"), ("{gpus: 1, processes: 3}", "3 processes × 1 CPUs and 3 processes × 1 GPUs")):
         path = write_spec(TINY_SWEEP + f"resources: {resources}\n")
         assert main(["validate", str(path), "--address", cluster.address]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"resources: no node of the Ray cluster at {cluster.address} has {need}" in err
         assert "(largest: 4 CPUs, 2 GPUs)" in err
-    main(["plan", str(write_spec(GPU_CELLS)), "--address", cluster.address])
+    main(["plan", str(write_spec(GPU_CELLS)), "--address", cluster.address, "--tracking-uri", tracking_uri])
     assert "(3 nodes): 4 cells at once" in capsys.readouterr().out
 
 
