@@ -54,7 +54,7 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
         return _train_other_rank(cell, checkpoints)
     run_id = None
     try:
-        with track.cell_run(tracking_uri, cell, parent_run_id) as run:
+        with track.cell_run(tracking_uri, cell, parent_run_id, _placement()) as run:
             run_id = run.run_id
             metrics = _train_and_score(cell, run, checkpoints)
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -62,6 +62,16 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
     except Exception as err:  # recorded FAILED in MLflow by cell_run; the sweep goes on
         traceback.print_exc()
         return JobResult(cell.run_key, "FAILED", run_id, error=f"{type(err).__name__}: {err}")
+
+
+def _placement() -> dict[str, str]:
+    """Where this attempt runs, as run tags: the Ray node and the GPU ids the cell's ranks on it
+    hold (CUDA_VISIBLE_DEVICES, as Ray or the scheduler set it). Empty outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return {"ray.node_id": ray.get_runtime_context().get_node_id(), "ray.gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
 def _train_other_rank(cell: Cell, checkpoints: Path) -> JobResult:

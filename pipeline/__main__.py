@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         sweep = spec.load(args.spec)
-        spec.check_resources(args.spec, sweep, *schedule.nodes(args.address))
+        cluster = schedule.nodes(args.address, None if args.command == "run" else sweep.cluster)
+        spec.check_resources(args.spec, sweep, *cluster)
     except spec.SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import sweep as sweep_runner
 
     if args.command == "plan":
-        return sweep_runner.plan(sweep, args.tracking_uri)
+        return sweep_runner.plan(sweep, args.tracking_uri, *cluster)
     return sweep_runner.run(args.spec, args.address, args.tracking_uri, args.checkpoint_dir)
 
 

@@ -3,10 +3,11 @@
 The driver decides what runs where; the task (`jobs.cell.run_cell`) knows nothing about the
 sweep. Each task runs in a fresh worker process (`max_calls=1`), so a cell's torch.distributed
 group, peak-memory reading and memory are its own. A cell with `processes: N` runs as N rank
-actors in one placement group (PACK: on one node when one fits them), gloo on CPU and NCCL on
-GPU, with the rendezvous address and each rank's device taken from where Ray placed it. Retries are the driver's, not Ray's, so a
-cell that raised and a cell whose worker was killed are retried the same way, and the killed
-attempt's MLflow run is closed FAILED with the reason.
+actors in one placement group (STRICT_PACK: all ranks on one node, so NCCL stays within it),
+gloo on CPU and NCCL on GPU, with the rendezvous address and each rank's device taken from where
+Ray placed it. Retries are the driver's, not Ray's, so a cell that raised, a cell whose worker
+was killed and a cell whose node died are retried the same way (resuming from the cell's last
+checkpoint), and the dead attempt's MLflow run is closed FAILED with the reason.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from jobs import tasks
 from jobs.cell import JobResult, run_cell
 from jobs.train import free_port
 from pipeline import track
-from pipeline.spec import Cell
+from pipeline.spec import Cell, fits
 
 
 def connect(address: str | None) -> None:
@@ -49,13 +50,16 @@ def connect(address: str | None) -> None:
     ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
 
 
-def nodes(address: str | None) -> tuple[list[dict[str, float]], str]:
+def nodes(address: str | None, described=None) -> tuple[list[dict[str, float]], str]:
     """(CPU/GPU totals per node, a name for them): the cluster's when one is named or already
-    joined, else this machine's, which is what a local Ray would get. Starts no Ray."""
+    joined, else the `described` one (a spec's ClusterSpec, for planning), else this machine's,
+    which is what a local Ray would get. Starts no Ray."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address or ray.is_initialized():
         connect(address)
         return [n["Resources"] for n in ray.nodes() if n["Alive"]], f"the Ray cluster at {address or ray.get_runtime_context().gcs_address}"
+    if described is not None:
+        return described.totals(), "the spec's cluster"
     return [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}], "this machine"
 
 
@@ -90,7 +94,7 @@ def run_cells(
                     ref = single.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(cell, tracking_uri, parent_run_id, checkpoint_dir)
                 else:
                     bundle = {k: v for k, v in (("CPU", res.cpus), ("GPU", res.gpus)) if v}
-                    group = placement_group([bundle] * res.processes, strategy="PACK")
+                    group = placement_group([bundle] * res.processes, strategy="STRICT_PACK")
                     ref = grouped.remote(cell, group, tracking_uri, parent_run_id, checkpoint_dir)
                     groups[ref] = group
                 pending[ref] = cell
@@ -125,6 +129,30 @@ def _next_fitting(queue: list[Cell], running) -> Cell | None:
         if all(_demand(cell, kind) + sum(_demand(c, kind) for c in running) <= total.get(kind, 0) for kind in ("CPU", "GPU")):
             return cell
     return None
+
+
+def simulate(cells: list[tuple[Cell, float]], nodes: list[dict[str, float]], max_concurrent: int | None) -> tuple[int, float]:
+    """(most cells running at once, makespan) of running (cell, seconds) pairs in order as
+    run_cells does, each cell whole on the first node with room (as STRICT_PACK places it)."""
+    free = [{"CPU": n.get("CPU", 0), "GPU": n.get("GPU", 0)} for n in nodes]
+    queue, running, now, peak = list(cells), [], 0.0, 0
+    while queue:
+        for cell, seconds in list(queue):
+            node = next((n for n in free if fits(n, _demand(cell, "CPU"), _demand(cell, "GPU"))), None)
+            if node is None or len(running) == (max_concurrent or len(cells)):
+                continue
+            node["CPU"] -= _demand(cell, "CPU")
+            node["GPU"] -= _demand(cell, "GPU")
+            running.append((now + seconds, id(node), node, cell))
+            queue.remove((cell, seconds))
+        if not running:
+            raise ValueError(f"cell {queue[0][0].run_key} fits on no node")
+        peak = max(peak, len(running))
+        running.sort(key=lambda r: r[:2])
+        now, _, node, cell = running.pop(0)
+        node["CPU"] += _demand(cell, "CPU")
+        node["GPU"] += _demand(cell, "GPU")
+    return peak, max([now] + [r[0] for r in running])
 
 
 def _demand(cell: Cell, kind: str) -> float:

@@ -66,6 +66,23 @@ class Resources(Strict):
     processes: PositiveInt = 1
 
 
+class NodeSpec(Strict):
+    """`count` nodes of `cpus` CPUs and `gpus` GPUs each."""
+
+    cpus: PositiveFloat
+    gpus: float = Field(0, ge=0)
+    count: PositiveInt = 1
+
+
+class ClusterSpec(Strict):
+    """The cluster a sweep is planned for when no live one is named: `plan` packs the cells onto it."""
+
+    nodes: list[NodeSpec] = Field(min_length=1)
+
+    def totals(self) -> list[dict[str, float]]:
+        return [{"CPU": n.cpus, "GPU": n.gpus} for n in self.nodes for _ in range(n.count)]
+
+
 class MethodSpec(Strict):
     name: str
     label: str | None = None  # how the row is named in tables; defaults to `name`
@@ -116,6 +133,7 @@ class Sweep(Strict):
     checkpoint_every: PositiveInt | None = None  # optimizer steps between checkpoints; None = never
     max_retries: int = Field(1, ge=0)  # extra attempts for a cell that fails or whose worker dies
     max_concurrent: PositiveInt | None = None  # cells in flight at once; None = as many as fit
+    cluster: ClusterSpec | None = None  # for `plan` and `validate` without --address
 
     @field_validator("backbones")
     @classmethod
@@ -224,24 +242,27 @@ def _trained(sweep: Sweep) -> list[tuple[Regime, list[str]]]:
 
 
 def check_resources(path: str | Path, sweep: Sweep, nodes: list[dict[str, float]], where: str) -> None:
-    """Raise SpecError if some cell asks for more than the cluster has.
+    """Raise SpecError if some cell asks for more than one node of the cluster has.
 
-    `nodes` are the CPU/GPU totals of each node. One rank must fit on one node; all of a
-    cell's ranks must fit in the cluster at once.
+    `nodes` are the CPU/GPU totals of each node. All of a cell's ranks run on one node (the
+    scheduler places them STRICT_PACK: NCCL within a node, no cell spread over the network),
+    so a cell that no single node can hold would wait forever: reject it here instead.
     """
     for i, backbone in enumerate(sweep.backbones):
         res = backbone.resources or sweep.resources
         field = f"backbones.{i}.resources" if backbone.resources else "resources"
-        if not any(n.get("CPU", 0) >= res.cpus and n.get("GPU", 0) >= res.gpus for n in nodes):
+        cpus, gpus = res.cpus * res.processes, res.gpus * res.processes
+        if not any(fits(n, cpus, gpus) for n in nodes):
             biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+            ranks = f"{res.processes} processes × " if res.processes > 1 else ""
             raise SpecError(
-                f"{path}: {field}: no node of {where} has {res.cpus:g} CPUs and {res.gpus:g} GPUs for one process "
+                f"{path}: {field}: no node of {where} has {ranks}{res.cpus:g} CPUs and {ranks}{res.gpus:g} GPUs for one cell "
                 f"(largest: {biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs)"
             )
-        for kind, need in (("CPU", res.cpus), ("GPU", res.gpus)):
-            have = sum(n.get(kind, 0) for n in nodes)
-            if need * res.processes > have:
-                raise SpecError(f"{path}: {field}: {res.processes} processes × {need:g} {kind}s exceed the {have:g} {kind}s of {where}")
+
+
+def fits(node: dict[str, float], cpus: float, gpus: float) -> bool:
+    return node.get("CPU", 0) >= cpus and node.get("GPU", 0) >= gpus
 
 
 def load(path: str | Path) -> Sweep:

@@ -52,24 +52,34 @@ def run(spec_path: str, address: str | None = None, tracking_uri: str | None = N
     return 1 if failed else 0
 
 
-def plan(sweep: spec.Sweep, tracking_uri: str | None = None) -> int:
-    """Print every cell, whether the store already has it FINISHED, and its estimated cost."""
+def plan(sweep: spec.Sweep, tracking_uri: str | None = None, nodes: list[dict[str, float]] | None = None, where: str = "this machine") -> int:
+    """Print every cell, whether the store already has it FINISHED, and its estimated cost; then
+    how many cells run at once on `nodes` and the estimated makespan, the unfinished cells
+    packed onto the nodes the way the scheduler places them."""
     cells = spec.expand(sweep)
     uri = track.tracking_uri(tracking_uri)
     finished = {run.data.tags["run_key"]: run for run in track.cell_runs(uri, sweep.name)}
     seconds_per_step = _seconds_per_step(finished.values())
     print(f"sweep {sweep.name}: {len(cells)} cells, {sum(c.run_key in finished for c in cells)} already finished ({uri})")
     print(f"{'run_key':16}  {'cell':40}  {'state':8}  {'steps':>6}  est. seconds")
-    total = 0.0
+    total, costs = 0.0, {}
     for cell in cells:
         steps = _steps(cell)
         rate = seconds_per_step.get((cell.backbone, cell.method))
         estimate = "-" if cell.run_key in finished else (f"{rate * steps:.0f}" if rate and steps else "?")
-        if cell.run_key not in finished and rate and steps:
-            total += rate * steps
+        if cell.run_key not in finished:
+            costs[cell.run_key] = rate * steps if rate and steps else None
+            total += costs[cell.run_key] or 0
         label = f"{cell.label}/{cell.backbone}/{cell.regime.name}/s{cell.seed}"
         print(f"{cell.run_key:16}  {label:40}  {'FINISHED' if cell.run_key in finished else 'todo':8}  {steps or '?':>6}  {estimate}")
     print(f"estimated training time left: {total:.0f} s of cell time (from earlier runs of the same backbone and method; ? = no history)")
+    todo = [c for c in cells if c.run_key not in finished]
+    if todo and nodes:
+        known = [v for v in costs.values() if v is not None]
+        guess = statistics.median(known) if known else None  # a cell without history costs what a typical one does
+        at_once, makespan = schedule.simulate([(c, costs[c.run_key] or guess or 1.0) for c in todo], nodes, sweep.max_concurrent)
+        print(f"on {where} ({len(nodes)} nodes): {at_once} cells at once; estimated makespan "
+              + (f"{makespan:.0f} s" if guess else "? s (no history: run a few cells first)"))
     return 0
 
 

@@ -132,10 +132,10 @@ class CellRun:
 
 
 @contextmanager
-def cell_run(uri: str, cell, parent_run_id: str | None):
+def cell_run(uri: str, cell, parent_run_id: str | None, extra_tags: dict[str, str] | None = None):
     """Open the cell's child run; it ends FINISHED, or FAILED with the error as tag `error`."""
     client = _client(uri)
-    tags = {KIND: "cell", "run_key": cell.run_key, "sweep": cell.sweep, "method": cell.label, "backbone": cell.backbone}
+    tags = {KIND: "cell", "run_key": cell.run_key, "sweep": cell.sweep, "method": cell.label, "backbone": cell.backbone, **(extra_tags or {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(

@@ -81,7 +81,7 @@ BAD = {
     "bad backbone override": (TINY_SWEEP.replace("[tiny-llama]", "[{name: tiny-llama, train: {lr: -1}}]"), "backbones.0.train.lr"),
     "too many cpus": (TINY_SWEEP + "resources: {cpus: 4096}\n", "resources: no node of this machine has 4096 CPUs"),
     "too many gpus": (TINY_SWEEP + "resources: {gpus: 64}\n", "resources: no node of this machine has 1 CPUs and 64 GPUs"),
-    "too many processes": (TINY_SWEEP + "resources: {cpus: 1, processes: 4096}\n", "4096 processes × 1 CPUs exceed"),
+    "too many processes": (TINY_SWEEP + "resources: {cpus: 1, processes: 4096}\n", "resources: no node of this machine has 4096 processes × 1 CPUs"),
     "unknown resource": (TINY_SWEEP + "resources: {tpus: 1}\n", "resources.tpus: Extra inputs are not permitted"),
     "zero retries below": (TINY_SWEEP + "max_retries: -1\n", "max_retries: Input should be greater than or equal to 0"),
     "empty methods": (TINY_SWEEP.replace("  - name: none\n  - name: lora\n    hparams: {r: 4}\n", "").replace("methods:", "methods: []"), "methods: List should have at least 1 item"),
