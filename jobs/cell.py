@@ -65,13 +65,17 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
 
 
 def _placement() -> dict[str, str]:
-    """Where this attempt runs, as run tags: the Ray node and the GPU ids the cell's ranks on it
-    hold (CUDA_VISIBLE_DEVICES, as Ray or the scheduler set it). Empty outside Ray."""
+    """Where this attempt runs, as run tags: the Ray node, the GPU ids Ray gave this process
+    (CUDA_VISIBLE_DEVICES) and, for a multi-process cell, every rank's `node:gpus`. Empty
+    outside Ray."""
     import ray
 
     if not ray.is_initialized():
         return {}
-    return {"ray.node_id": ray.get_runtime_context().get_node_id(), "ray.gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    tags = {"ray.node_id": ray.get_runtime_context().get_node_id(), "ray.gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    if "PEFTBENCH_PLACEMENT" in os.environ:
+        tags["ray.rank_placement"] = os.environ["PEFTBENCH_PLACEMENT"]
+    return tags
 
 
 def _train_other_rank(cell: Cell, checkpoints: Path) -> JobResult:

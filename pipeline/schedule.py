@@ -164,10 +164,10 @@ def _demand(cell: Cell, kind: str) -> float:
 class _Rank:
     """One DeepSpeed rank of a multi-process cell, in a worker process of its own."""
 
-    def place(self) -> tuple[str, list[str], int]:
-        """(this node's address, the GPU ids Ray gave this rank, a free port on this node)."""
+    def place(self) -> tuple[str, list[str], int, str]:
+        """(this node's address, the GPU ids Ray gave this rank, a free port on this node, the node's id)."""
         address = ray.util.get_node_ip_address()
-        return address, [str(g) for g in ray.get_gpu_ids()], free_port(address)
+        return address, [str(g) for g in ray.get_gpu_ids()], free_port(address), ray.get_runtime_context().get_node_id()
 
     def run(self, env: dict[str, str], *args) -> JobResult:
         os.environ.update(env)
@@ -186,7 +186,9 @@ def _run_ranks(cell: Cell, group: PlacementGroup, tracking_uri: str, parent_run_
     ]
     try:
         places = ray.get([rank.place.remote() for rank in ranks])
-        running = {rank.run.remote(env, cell, tracking_uri, parent_run_id, checkpoint_dir): i for i, (rank, env) in enumerate(zip(ranks, rank_env(places)))}
+        placement = " ".join(f"{node_id[:8]}:{','.join(gpus)}" for _, gpus, _, node_id in places)  # every rank's node and GPUs, for the run's tags
+        envs = [env | {"PEFTBENCH_PLACEMENT": placement} for env in rank_env([p[:3] for p in places])]
+        running = {rank.run.remote(env, cell, tracking_uri, parent_run_id, checkpoint_dir): i for i, (rank, env) in enumerate(zip(ranks, envs))}
         results = {}
         while running:
             [ref], _ = ray.wait(list(running), num_returns=1)
@@ -205,18 +207,16 @@ def _run_ranks(cell: Cell, group: PlacementGroup, tracking_uri: str, parent_run_
 
 def rank_env(places: list[tuple[str, list[str], int]]) -> list[dict[str, str]]:
     """torch.distributed variables per rank from where Ray placed each: rank 0's node and port
-    for the rendezvous; LOCAL_RANK the rank's device among its node's GPUs (all of them visible
-    to each rank on that node, for NCCL's peer-to-peer paths), or its place on the node on CPU."""
+    for the rendezvous. On GPU each rank keeps the CUDA_VISIBLE_DEVICES Ray gave it (its own
+    GPU) and LOCAL_RANK 0 names that device: widening the visible set afterwards would not reach
+    a CUDA runtime the worker's imports already started. On CPU, LOCAL_RANK is the rank's place
+    on its node."""
     master, _, port = places[0]
     envs = []
     for rank, (node, gpus, _) in enumerate(places):
         neighbours = [r for r, p in enumerate(places) if p[0] == node]
-        env = {"RANK": str(rank), "WORLD_SIZE": str(len(places)), "LOCAL_RANK": str(neighbours.index(rank)),
-               "LOCAL_WORLD_SIZE": str(len(neighbours)), "MASTER_ADDR": master, "MASTER_PORT": str(port)}
-        if gpus:
-            node_gpus = list(dict.fromkeys(g for r in neighbours for g in places[r][1]))
-            env.update(CUDA_VISIBLE_DEVICES=",".join(node_gpus), LOCAL_RANK=str(node_gpus.index(gpus[0])))
-        envs.append(env)
+        envs.append({"RANK": str(rank), "WORLD_SIZE": str(len(places)), "LOCAL_RANK": "0" if gpus else str(neighbours.index(rank)),
+                     "LOCAL_WORLD_SIZE": str(len(neighbours)), "MASTER_ADDR": master, "MASTER_PORT": str(port)})
     return envs
 
 

@@ -91,7 +91,9 @@ def test_a_two_gpu_cell_runs_both_ranks_on_one_node_with_both_gpus(cluster, writ
     assert sweep.returncode == 0, err[-3000:]
     [run] = track.cell_runs(tracking_uri, "tiny")
     assert run.data.tags["ray.node_id"] in {w.node_id for w in cluster.workers}
-    assert sorted(run.data.tags["ray.gpu_ids"].split(",")) == ["0", "1"]  # rank 0 sees both: rank 1 is on its node
+    ranks = [place.split(":") for place in run.data.tags["ray.rank_placement"].split()]
+    assert len(ranks) == 2 and ranks[0][0] == ranks[1][0] == run.data.tags["ray.node_id"][:8]  # both ranks on rank 0's node
+    assert sorted(gpus for _, gpus in ranks) == ["0", "1"]  # each with a GPU of its own
 
 
 def test_one_gpu_cells_fill_every_gpu_and_fail_over_when_a_node_dies(cluster, write_spec, tracking_uri, tmp_path):
