@@ -14,6 +14,8 @@ from tests.results_frames import sweep_frames
 # tiny-llama is random: untrained, it prefers one BoolQ answer for every question. A few steps
 # at a large rate teach it the label prior, so trained and untrained LoRA disagree on most items.
 # The plant is LoRA at a learning rate of 1e-9: it runs the same steps and learns nothing.
+# Measured: untrained 32.8% (always "no"), trained 67.2% (always "yes") on the 64 items, so all
+# 64 are discordant pairs and McNemar's p is far below 0.05 with one seed.
 NIGHTLY = """
 name: nightly-tiny
 backbones: [tiny-llama]
@@ -27,7 +29,7 @@ regimes:
   - name: bq-64
     tasks: [boolq]
     n_examples: 64
-seeds: [1, 2]
+seeds: [1]
 train: {{lr: 1.0e-2, micro_batch_size: 8, max_steps: 8, max_seq_len: 128, warmup_ratio: 0.0}}
 eval: {{limit: 64, batch_size: 16}}
 """
@@ -53,13 +55,12 @@ def test_planted_regression_fails_identical_rerun_passes(write_spec, tracking_ur
 
     nights = track.nightly_runs(tracking_uri, "nightly-tiny")
     assert [r.data.tags[nightly.VERDICT] for r in nights] == ["regression", "pass", "baseline"]
-    assert len(track.cell_runs(tracking_uri, "nightly-tiny")) == 3 * 4  # every night trains every cell again
+    assert len(track.cell_runs(tracking_uri, "nightly-tiny")) == 3 * 2  # every night trains every cell again
     client = MlflowClient(tracking_uri)
     assert {"nightly.md", "nightly.html"} <= {a.path for a in client.list_artifacts(nights[0].info.run_id)}
 
-    # `last` skips the regressed night: the good suite passes against the last good one.
-    assert main(cli + ["--spec", str(good)]) == 0
-    assert nights[1].info.run_id in capsys.readouterr().out
+    # `last` skips the regressed night: tomorrow is compared with the last good one.
+    assert nightly.reference(tracking_uri, "nightly-tiny", "last") == nights[1].info.run_id
 
 
 def test_bad_input_is_one_line_and_exit_2(write_spec, tracking_uri, capsys):
