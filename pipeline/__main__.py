@@ -1,5 +1,5 @@
 """The peftbench command line: `python -m pipeline run|validate|plan SPEC`, `status SWEEP`,
-`report SWEEP|CSV`."""
+`report SWEEP|CSV`, `nightly`."""
 
 from __future__ import annotations
 
@@ -34,7 +34,28 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--claims", default=None, help="a claims file (configs/claims/*.yaml): a verdict per claim")
     report.add_argument("--aso", action="store_true", help="add deepsig's ASO per task (slow)")
     report.add_argument("--tracking-uri", **tracking)
+    nightly = commands.add_parser("nightly", help="run the nightly suite as a new night; exit 1 on a significant regression vs an earlier night")
+    nightly.add_argument("--spec", default="configs/nightly.yaml", help="the suite (default: configs/nightly.yaml)")
+    nightly.add_argument("--against", default="last", help="`last` (the newest earlier night that passed) or a nightly parent run's id")
+    nightly.add_argument("--address", **address)
+    nightly.add_argument("--tracking-uri", **tracking)
+    nightly.add_argument("--out", default=None, help="also write nightly.md and nightly.html into this directory")
     args = parser.parse_args(argv)
+
+    if args.command == "nightly":
+        from pipeline import nightly as nightly_runner
+        from pipeline import schedule, spec, track
+
+        uri = track.tracking_uri(args.tracking_uri)
+        try:
+            sweeps = nightly_runner.load(args.spec)
+            for sweep in sweeps:
+                spec.check_resources(args.spec, sweep, *schedule.nodes(args.address))
+            ref = nightly_runner.reference(uri, sweeps[0].name, args.against)
+        except ValueError as err:  # SpecError, NightlyError
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return nightly_runner.nightly(args.spec, sweeps, uri, ref, args.address, args.out)
 
     if args.command == "report":
         from pipeline import compare, track

@@ -23,10 +23,11 @@ EFFICIENCY = {
 }
 
 
-def results_frame(uri: str, sweep_name: str, run_keys: set[str] | None = None) -> pd.DataFrame:
-    """The newest FINISHED run of each cell of the sweep (optionally only the given run_keys)."""
+def results_frame(uri: str, sweep_name: str, run_keys: set[str] | None = None, parent: str | None = None) -> pd.DataFrame:
+    """The newest FINISHED run of each cell of the sweep (optionally only the given run_keys,
+    or only the runs of one invocation: `parent`, its parent run)."""
     rows, seen = [], set()
-    for run in track.cell_runs(uri, sweep_name):
+    for run in track.cell_runs(uri, sweep_name, parent=parent):
         key = run.data.tags["run_key"]
         if key in seen or (run_keys is not None and key not in run_keys):
             continue

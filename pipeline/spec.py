@@ -267,15 +267,33 @@ def fits(node: dict[str, float], cpus: float, gpus: float) -> bool:
 
 def load(path: str | Path) -> Sweep:
     """Parse and check a sweep file; raise SpecError with one line naming what is wrong."""
+    return _check(Path(path), _documents(Path(path), single=True)[0])
+
+
+def load_all(path: str | Path) -> list[Sweep]:
+    """The sweeps of a file of one or more YAML documents (`---` between them), each checked.
+
+    One sweep cannot mix GLUE and commonsense tasks, so a fixed suite that needs both (the
+    nightly) is several sweeps in one file.
+    """
     path = Path(path)
+    return [_check(path, raw) for raw in _documents(path, single=False)]
+
+
+def _documents(path: Path, single: bool) -> list:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+        text = path.read_text()
+        docs = [yaml.safe_load(text)] if single else [d for d in yaml.safe_load_all(text) if d is not None]
+    except (FileNotFoundError, IsADirectoryError):
         raise SpecError(f"{path}: no such file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SpecError(f"{path}:{where} malformed YAML: {getattr(err, 'problem', err)}") from None
+    return docs or [None]
+
+
+def _check(path: Path, raw) -> Sweep:
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
     try:

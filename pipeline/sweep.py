@@ -20,22 +20,10 @@ from pipeline import compare, schedule, spec, track
 def run(spec_path: str, address: str | None = None, tracking_uri: str | None = None, checkpoint_dir: str | None = None) -> int:
     """Run the sweep; print the table; return the exit code (1 if any cell failed)."""
     sweep = spec.load(spec_path)
-    cells = spec.expand(sweep)
     uri = track.tracking_uri(tracking_uri)
-    done = track.finished_run_keys(uri, sweep.name)
-    todo = [c for c in cells if c.run_key not in done]
-    print(f"sweep {sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run", file=sys.stderr)
-    print(f"tracking: {uri}", file=sys.stderr)
-
-    parent = track.start_sweep_run(uri, sweep.name, Path(spec_path).read_text(), [_describe(c) for c in cells])
-    results = []
-    if todo:
-        schedule.connect(address)
-        results = schedule.run_cells(todo, uri, parent, sweep.max_retries, sweep.max_concurrent, checkpoint_dir, skipped=len(cells) - len(todo))
-    failed = [r for r in results if r.status != "FINISHED"]
-
-    run_keys = {c.run_key for c in cells}
-    results = compare.results_frame(uri, sweep.name, run_keys)
+    cells = spec.expand(sweep)
+    parent, failed = execute(cells, sweep, Path(spec_path).read_text(), uri, address, checkpoint_dir)
+    results = compare.results_frame(uri, sweep.name, {c.run_key for c in cells})
     if results.empty:
         print("(no finished cells: no table)")
     else:
@@ -44,12 +32,39 @@ def run(spec_path: str, address: str | None = None, tracking_uri: str | None = N
         report.log(uri, parent, sweep.name, results, items, texts["html"])
         print(texts["md"])
     track.end_run(uri, parent, ok=not failed)
+    return 1 if failed else 0
+
+
+def execute(
+    cells: list[spec.Cell],
+    sweep: spec.Sweep,
+    spec_text: str,
+    uri: str,
+    address: str | None,
+    checkpoint_dir: str | None,
+    skip_finished: bool = True,
+    tags: dict[str, str] | None = None,
+) -> tuple[str, list]:
+    """Open a parent run, run the cells on Ray (by default not those already FINISHED in the
+    store) and return (the parent run's id, left open for the caller's report; the failed
+    results). Failed cells are listed on stderr."""
+    done = track.finished_run_keys(uri, sweep.name) if skip_finished else set()
+    todo = [c for c in cells if c.run_key not in done]
+    print(f"sweep {sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run", file=sys.stderr)
+    print(f"tracking: {uri}", file=sys.stderr)
+
+    parent = track.start_sweep_run(uri, sweep.name, spec_text, [_describe(c) for c in cells], tags)
+    results = []
+    if todo:
+        schedule.connect(address)
+        results = schedule.run_cells(todo, uri, parent, sweep.max_retries, sweep.max_concurrent, checkpoint_dir, skipped=len(cells) - len(todo))
+    failed = [r for r in results if r.status != "FINISHED"]
     if failed:
         labels = {c.run_key: f"{c.label}/{c.backbone}/{c.regime.name}/s{c.seed}" for c in cells}
         print(f"{len(failed)} cell(s) failed:", file=sys.stderr)
         for r in failed:
             print(f"FAILED {r.run_key} {labels[r.run_key]}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    return parent, failed
 
 
 def plan(sweep: spec.Sweep, tracking_uri: str | None = None, nodes: list[dict[str, float]] | None = None, where: str = "this machine") -> int:

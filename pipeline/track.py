@@ -55,11 +55,11 @@ def experiment_id(uri: str, sweep_name: str) -> str:
         return client.get_experiment_by_name(sweep_name).experiment_id
 
 
-def start_sweep_run(uri: str, sweep_name: str, spec_text: str, cells: list[dict]) -> str:
+def start_sweep_run(uri: str, sweep_name: str, spec_text: str, cells: list[dict], tags: dict[str, str] | None = None) -> str:
     """A parent run for this invocation of the sweep, with the spec file and its cells
     (`cells.json`, what `status` counts against) as artifacts."""
     client = _client(uri)
-    run = client.create_run(experiment_id(uri, sweep_name), run_name=sweep_name, tags={KIND: "sweep", "sweep": sweep_name})
+    run = client.create_run(experiment_id(uri, sweep_name), run_name=sweep_name, tags={KIND: "sweep", "sweep": sweep_name, **(tags or {})})
     client.log_text(run.info.run_id, spec_text, "sweep.yaml")
     client.log_text(run.info.run_id, json.dumps(cells, indent=1), "cells.json")
     return run.info.run_id
@@ -80,13 +80,15 @@ def log_text(uri: str, run_id: str, text: str, path: str) -> None:
     _client(uri).log_text(run_id, text, path)
 
 
-def cell_runs(uri: str, sweep_name: str, status: str | None = "FINISHED") -> list[mlflow.entities.Run]:
-    """Child runs of every invocation of the sweep (newest first), optionally of one status."""
+def cell_runs(uri: str, sweep_name: str, status: str | None = "FINISHED", parent: str | None = None) -> list[mlflow.entities.Run]:
+    """Child runs of every invocation of the sweep, or of one (`parent`), newest first,
+    optionally of one status."""
     client = _client(uri)
     experiment = client.get_experiment_by_name(sweep_name)
     if experiment is None:
         return []
     query = f"tags.`{KIND}` = 'cell'" + (f" and attributes.status = '{status}'" if status else "")
+    query += f" and tags.`mlflow.parentRunId` = '{parent}'" if parent else ""
     return client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=50000)
 
 
@@ -181,6 +183,24 @@ def latest_sweep_run(uri: str, sweep_name: str) -> mlflow.entities.Run | None:
     return runs[0] if runs else None
 
 
+def nightly_runs(uri: str, sweep_name: str) -> list[mlflow.entities.Run]:
+    """The sweep's parent runs made by `pipeline nightly` (tag `nightly`), newest first."""
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(sweep_name)
+    if experiment is None:
+        return []
+    query = f"tags.`{KIND}` = 'sweep' and tags.nightly LIKE '%'"
+    return client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=50000)
+
+
+def get_run(uri: str, run_id: str) -> mlflow.entities.Run | None:
+    """The run with this id, or None when the store has none."""
+    try:
+        return _client(uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def fail_running(uri: str, cell, parent_run_id: str | None, reason: str) -> None:
     """Close the cell's RUNNING run(s) under this sweep invocation as FAILED with `reason`:
     its job died without closing them (a killed worker)."""
@@ -191,3 +211,7 @@ def fail_running(uri: str, cell, parent_run_id: str | None, reason: str) -> None
     for run in client.search_runs([experiment_id(uri, cell.sweep)], query):
         client.set_tag(run.info.run_id, "error", reason[:5000])
         client.set_terminated(run.info.run_id, "FAILED")
+
+
+def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
+    _client(uri).set_tag(run_id, key, value)
