@@ -24,7 +24,7 @@ bench: $(STAMP)
 	$(PY) -m pipeline run configs/quickstart.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) mlruns mlartifacts mlflow.db
