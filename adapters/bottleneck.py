@@ -1,7 +1,8 @@
 """Bottleneck adapters (Houlsby et al. 2019): h + W_up f(W_down h) after attention and after the FFN.
 
 peft has no Houlsby adapter. `Bottleneck` wraps the module whose output is the sub-layer's
-output (LLaMA: self_attn.o_proj and mlp.down_proj), so the adapter sits where Houlsby puts it,
+output (LLaMA: self_attn.o_proj and mlp.down_proj; BERT: attention.output.dense and
+output.dense), so the adapter sits where Houlsby puts it,
 before the residual add. W_up (and its bias) start at zero, so the adapter is the identity at
 init. Not mergeable (f is nonlinear): it adds inference cost. Houlsby also trains the layer
 norms; this row does not, so it isolates the adapters.
@@ -34,19 +35,22 @@ class Bottleneck(nn.Module):
 
 
 @register("adapter")
-def build_adapter(model: nn.Module, bottleneck: int = 64, target_modules: tuple[str, ...] = ("o_proj", "down_proj")) -> nn.Module:
-    """Houlsby adapters on the outputs of attention and FFN (modules named in target_modules).
+def build_adapter(model: nn.Module, bottleneck: int = 64, target_modules: tuple[str, ...] = ("o_proj", "down_proj", "output.dense")) -> nn.Module:
+    """Houlsby adapters on the outputs of attention and FFN: the linears whose dotted path ends
+    with one of `target_modules` (the defaults name them in LLaMA and in BERT-like encoders).
 
     Trainable parameters: Σ over wrapped linears (output width h) of 2·h·bottleneck + bottleneck + h.
     """
     positive("adapter", bottleneck=bottleneck)
     model.requires_grad_(False)
-    wrapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if name in target_modules and isinstance(child, nn.Linear):
-                setattr(parent, name, Bottleneck(child, bottleneck))
-                wrapped += 1
-    if not wrapped:
+    targets = [
+        path for path, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(path == t or path.endswith("." + t) for t in target_modules)
+    ]
+    if not targets:
         raise MethodError(f"method 'adapter': no linear module named {', '.join(target_modules)} in {type(model).__name__}")
+    for path in targets:
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        setattr(parent, name, Bottleneck(getattr(parent, name), bottleneck))
     return model

@@ -123,3 +123,10 @@ def test_glue_cell_runs_through_ray_and_mlflow(write_spec, tracking_uri, local_r
     assert len(items) == 24 and metrics["rte/acc"] == pytest.approx(np.mean([i["acc"] for i in items]))
     adapter = {a.path for a in MlflowClient(tracking_uri).list_artifacts(run.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in adapter
+
+
+def test_houlsby_adapters_sit_after_an_encoders_attention_and_ffn():
+    model, _ = backbones.load("tiny-bert", 2)
+    model = adapters.apply(model, "adapter", bottleneck=8)
+    wrapped = [name for name, module in model.named_modules() if type(module).__name__ == "Bottleneck"]
+    assert wrapped == [f"bert.encoder.layer.{i}.{where}.dense" for i in range(2) for where in ("attention.output", "output")]
