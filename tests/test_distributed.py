@@ -10,35 +10,23 @@ from __future__ import annotations
 import os
 import signal
 
-import psutil
 import pytest
 
 from pipeline import track
 from pipeline.schedule import rank_env
 from tests.conftest import TINY_SWEEP
-from tests.test_orchestration import _kill_group, _run_sweep, _wait_for_checkpoint
+from tests.test_orchestration import _kill_group, _ray_worker_pids, _run_sweep, _wait_for_checkpoint
 
 ONE_LORA = TINY_SWEEP.replace("  - name: none\n", "").replace("max_steps: 6", "max_steps: 30").replace("limit: 16", "limit: 8")
 TWO_RANKS = ONE_LORA.replace("name: tiny", "name: ranks2") + "resources: {cpus: 1, processes: 2}\ncheckpoint_every: 5\nmax_retries: 1\n"
 ONE_RANK = ONE_LORA.replace("name: tiny", "name: ranks1").replace("micro_batch_size: 4", "micro_batch_size: 4, grad_accum: 2")
 
 
-def _rank_pids(proc) -> list[int]:
-    pids = []
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            if " ".join(child.cmdline()).startswith("ray::_Rank"):
-                pids.append(child.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return pids
-
-
 def test_two_rank_cell_matches_one_process_and_resumes_after_a_rank_is_killed(write_spec, tracking_uri, tmp_path):
     two = _run_sweep(write_spec(TWO_RANKS, "two.yaml"), tracking_uri, tmp_path / "ckpt")
     try:
         _wait_for_checkpoint(tmp_path / "ckpt", two)
-        ranks = _rank_pids(two)
+        ranks = _ray_worker_pids(two, "_Rank")
         assert len(ranks) == 2
         os.kill(ranks[-1], signal.SIGKILL)
         out, err = two.communicate(timeout=300)

@@ -71,14 +71,14 @@ def _run_sweep(path: Path, uri: str, checkpoints: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
 
-def _ray_worker_pids(proc: subprocess.Popen) -> list[int]:
-    """Ray worker processes running a cell, among the sweep's descendants."""
+def _ray_worker_pids(proc: subprocess.Popen, task: str = "run_cell") -> list[int]:
+    """Ray worker processes running `task` (a cell, or `_Rank` actors), among the sweep's descendants."""
     import psutil
 
     workers = []
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
-            if " ".join(child.cmdline()).startswith("ray::run_cell"):
+            if " ".join(child.cmdline()).startswith(f"ray::{task}"):
                 workers.append(child.pid)
         except psutil.NoSuchProcess:
             continue
