@@ -67,43 +67,52 @@ def _srank_of(sv: torch.Tensor) -> float:
     return float((sv.double() ** 2).sum() / sv.double().max() ** 2) if sv.numel() and sv.max() > 0 else 0.0
 
 
-def analyze(model: nn.Module) -> list[ModuleReport]:
-    """One report per LoRA-shaped adapted module of `model` (its active adapter)."""
+def analyze(model: nn.Module, curves_only: bool = False) -> list[ModuleReport]:
+    """One report per LoRA-shaped adapted module of `model` (its active adapter).
+
+    `curves_only` computes just the φ curves and shift maps (stable_rank NaN, spectrum empty):
+    cheap enough for snapshots during training, where ΔW's SVDs would stall every module.
+    """
     reports = []
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, LoraLayer) and hasattr(module, "lora_A") and module.active_adapters:
-                reports.append(_report(name, module, module.active_adapters[0]))
+                reports.append(_report(name, module, module.active_adapters[0], curves_only))
     return reports
 
 
-def _report(name: str, module: LoraLayer, adapter: str) -> ModuleReport:
+def _report(name: str, module: LoraLayer, adapter: str, curves_only: bool) -> ModuleReport:
     variant = module.lora_variant.get(adapter)
     shape = (module.out_features, module.in_features)
     if isinstance(variant, elementwise.ElementwiseVariant):
-        return _elementwise_report(name, shape, module, adapter)
-    if isinstance(variant, variants.PeftbenchVariant):
-        B, A = variant.factors(module, adapter)
+        return _elementwise_report(name, shape, module, adapter, curves_only)
+    if curves_only:
+        report = ModuleReport(name, shape, float("nan"), torch.empty(0))
+    elif isinstance(variant, variants.PeftbenchVariant):
+        sv = factored_spectrum(*variant.factors(module, adapter))
+        report = ModuleReport(name, shape, _srank_of(sv), sv)
     elif variant is None:  # peft's vanilla LoRA: ΔW = s·B·A
-        B, A = module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight
+        sv = factored_spectrum(module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight)
+        report = ModuleReport(name, shape, _srank_of(sv), sv)
     else:  # other peft variants (DoRA, ...): peft's get_delta_weight, s·B·A (DoRA's magnitude rescaling not in it)
         delta = module.get_delta_weight(adapter)
         return ModuleReport(name, shape, stable_rank(delta), torch.linalg.svdvals(delta.double()).float())
-    sv = factored_spectrum(B, A)
-    report = ModuleReport(name, shape, _srank_of(sv), sv)
     if isinstance(variant, shift.ShiftVariant):
         report.shift_map = module.lora_shift[adapter].dense()
     return report
 
 
-def _elementwise_report(name, shape, module, adapter) -> ModuleReport:
+def _elementwise_report(name, shape, module, adapter, curves_only: bool) -> ModuleReport:
     A, B, phi, (s_in, s_out), params = elementwise.ElementwiseVariant._args(module, adapter)
-    delta = elementwise.delta_weight(A, B, phi, params, s_in, s_out)
-    report = ModuleReport(name, shape, stable_rank(delta), torch.linalg.svdvals(delta.double()).float())
+    if curves_only:
+        report = ModuleReport(name, shape, float("nan"), torch.empty(0))
+    else:
+        delta = elementwise.delta_weight(A, B, phi, params, s_in, s_out)
+        report = ModuleReport(name, shape, stable_rank(delta), torch.linalg.svdvals(delta.double()).float())
     if isinstance(phi, elementwise.SincPhi):
         limit = float(phi.grid.abs().max())
         z = torch.linspace(-limit, limit, 201)
         report.phi_curve = (z, phi.value(z, *params))
-        if phi.reading == "paper":
+        if phi.reading == "paper" and not curves_only:
             report.stable_rank_centered = stable_rank(delta - s_out * phi.value(torch.zeros(1), *params))
     return report

@@ -19,10 +19,10 @@ SHIFT_MAP_GRID = 32
 def record(model: torch.nn.Module, step: int, stage: str, curves_only: bool = False) -> dict:
     """{step, stage, modules: [...]} for every LoRA-shaped adapted module of `model`.
 
-    `curves_only` keeps just the φ curves and shift maps (cheap) for the early/middle snapshots.
+    `curves_only` computes just the φ curves and shift maps (cheap) for the early/middle snapshots.
     """
     modules = []
-    for report in analysis.analyze(model):
+    for report in analysis.analyze(model, curves_only):
         entry: dict = {"module": report.name, "shape": list(report.shape)}
         if not curves_only:
             entry["stable_rank"] = report.stable_rank

@@ -255,6 +255,13 @@ def test_analysis_reports_every_adapted_module_with_its_method_extras():
             assert getattr(first, extra) is not None
         if method == "lr_lora":  # the constant φ(0)·11ᵀ dominates: removing it raises srank (risk 2)
             assert first.stable_rank_centered > first.stable_rank
+        curves = analysis.analyze(model, curves_only=True)[0]  # the in-training snapshot: no SVDs
+        assert curves.spectrum.numel() == 0 and curves.stable_rank != curves.stable_rank  # NaN
+        for name in ("phi_curve", "shift_map"):
+            kept, full = getattr(curves, name), getattr(first, name)
+            assert (kept is None) == (full is None)
+            if full is not None:
+                torch.testing.assert_close(kept, full)
 
 
 @pytest.mark.parametrize("method, hp", [
