@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 
-from pipeline import tables, track
+from pipeline import published, tables, track
 
 EFFICIENCY = {
     "trainable_params": "params/trainable",
@@ -101,10 +102,6 @@ def report(source: str, uri: str, fmt: str = "md", **options) -> str:
     """The comparison report of a sweep (by name, from MLflow alone) or of a results CSV (a
     saved results frame or a paper's table: a pseudo-sweep). A sweep's report is also logged,
     in every format, to its newest parent run. Bad input raises ValueError in one line."""
-    from pathlib import Path
-
-    from pipeline import published
-
     if source.endswith(".csv"):
         if not Path(source).is_file():
             raise ValueError(f"{source}: no such results file")
