@@ -99,6 +99,8 @@ def init_distributed() -> None:
     Launchers (the scheduler's rank actors, torchrun) set RANK, WORLD_SIZE, MASTER_ADDR/PORT
     for multi-process cells, LOCAL_RANK naming this rank's device among the visible GPUs.
     """
+    if torch.distributed.is_initialized():  # a reused worker's earlier cell made it
+        return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # (a lone process may inherit a stale RANK=0)
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
