@@ -55,3 +55,18 @@ def test_divergence_is_an_error(data_dir):
     examples = tasks.training_examples(["arc_easy"], 8, 0, data_dir)
     with pytest.raises(DivergedError, match="loss is nan"):
         train(model, tokenizer, examples, TrainArgs(lr=1e30, micro_batch_size=4, max_steps=5, warmup_ratio=0, max_seq_len=96), seed=0)
+
+
+def test_peak_memory_is_each_cells_own_in_a_reused_worker():
+    """A reused Ray worker runs many cells: a big earlier cell must not set a later one's peak."""
+    import torch
+
+    from jobs import cell
+
+    cell._reset_peak_memory()
+    big = torch.ones(64, 2**20)  # 256 MiB, touched
+    first = cell._peak_memory_mb()
+    del big
+    cell._reset_peak_memory()
+    second = cell._peak_memory_mb()
+    assert first - second > 200, (first, second)
