@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
         uri = track.tracking_uri(args.tracking_uri)
         try:
-            sweeps = nightly_runner.load(args.spec)
+            sweeps = spec.load_all(args.spec)
             for sweep in sweeps:
                 spec.check_resources(args.spec, sweep, *schedule.nodes(args.address))
             ref = nightly_runner.reference(uri, sweeps[0].name, args.against)
@@ -76,20 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import schedule, spec
 
     try:
-        sweep = spec.load(args.spec)
-        cluster = schedule.nodes(args.address, None if args.command == "run" else sweep.cluster)
-        spec.check_resources(args.spec, sweep, *cluster)
+        sweeps = spec.load_all(args.spec)  # a file may hold several sweeps of one name (configs/nightly.yaml)
+        cluster = schedule.nodes(args.address, None if args.command == "run" else sweeps[0].cluster)
+        for sweep in sweeps:
+            spec.check_resources(args.spec, sweep, *cluster)
     except spec.SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "validate":
-        print(f"{args.spec}: ok, {len(spec.expand(sweep))} cells")
+        print(f"{args.spec}: ok, {len(spec.expand_all(sweeps))} cells")
         return 0
 
     from pipeline import sweep as sweep_runner
 
     if args.command == "plan":
-        return sweep_runner.plan(sweep, args.tracking_uri, *cluster)
+        return sweep_runner.plan(sweeps, args.tracking_uri, *cluster)
     return sweep_runner.run(args.spec, args.address, args.tracking_uri, args.checkpoint_dir)
 
 

@@ -43,15 +43,6 @@ class NightlyError(ValueError):
     """Bad input to the nightly (no such earlier run); one line."""
 
 
-def load(path: str | Path) -> list[spec.Sweep]:
-    """The suite's sweeps; they share one name, the experiment every night is kept in."""
-    sweeps = spec.load_all(path)
-    names = sorted({s.name for s in sweeps})
-    if len(names) > 1:
-        raise spec.SpecError(f"{path}: name: every sweep of a nightly file needs the same name (one experiment), got {', '.join(names)}")
-    return sweeps
-
-
 def reference(uri: str, name: str, against: str) -> str | None:
     """The parent run tonight is compared with: `last` (None when no night passed yet) or a run id."""
     if against == "last":
@@ -67,7 +58,7 @@ def nightly(spec_path: str, sweeps: list[spec.Sweep], uri: str, ref: str | None,
     """Run tonight's cells, gate them against the night `ref` (None: tonight is the baseline),
     log the report to tonight's parent run; return the exit code."""
     name = sweeps[0].name
-    cells = [c for s in sweeps for c in spec.expand(s)]
+    cells = spec.expand_all(sweeps)
     night = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     parent, failed = sweep_runner.execute(
         cells, sweeps[0], Path(spec_path).read_text(), uri, address, None, skip_finished=False, tags={"nightly": night}

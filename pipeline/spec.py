@@ -273,11 +273,22 @@ def load(path: str | Path) -> Sweep:
 def load_all(path: str | Path) -> list[Sweep]:
     """The sweeps of a file of one or more YAML documents (`---` between them), each checked.
 
-    One sweep cannot mix GLUE and commonsense tasks, so a fixed suite that needs both (the
-    nightly) is several sweeps in one file.
+    One sweep cannot mix GLUE and commonsense tasks, so a suite that needs both (the nightly)
+    is several sweeps in one file: one experiment, one parent run per invocation. The
+    sweep-wide settings (name, max_retries, max_concurrent) must therefore agree.
     """
     path = Path(path)
-    return [_check(path, raw) for raw in _documents(path, single=False)]
+    sweeps = [_check(path, raw) for raw in _documents(path, single=False)]
+    for key in ("name", "max_retries", "max_concurrent"):
+        values = [getattr(s, key) for s in sweeps]
+        if len(set(values)) > 1:
+            raise SpecError(f"{path}: {key}: every document of one file runs as one sweep, so they need the same {key}, got {', '.join(map(str, values))}")
+    return sweeps
+
+
+def expand_all(sweeps: list[Sweep]) -> list[Cell]:
+    """The cells of every sweep of one file, in file order."""
+    return [cell for sweep in sweeps for cell in expand(sweep)]
 
 
 def _documents(path: Path, single: bool) -> list:

@@ -18,10 +18,11 @@ from pipeline import compare, schedule, spec, track
 
 
 def run(spec_path: str, address: str | None = None, tracking_uri: str | None = None, checkpoint_dir: str | None = None) -> int:
-    """Run the sweep; print the table; return the exit code (1 if any cell failed)."""
-    sweep = spec.load(spec_path)
+    """Run the sweep (every document of the file); print the table; return the exit code (1 if any cell failed)."""
+    sweeps = spec.load_all(spec_path)
+    sweep = sweeps[0]
     uri = track.tracking_uri(tracking_uri)
-    cells = spec.expand(sweep)
+    cells = spec.expand_all(sweeps)
     parent, failed = execute(cells, sweep, Path(spec_path).read_text(), uri, address, checkpoint_dir)
     results = compare.results_frame(uri, sweep.name, {c.run_key for c in cells})
     if results.empty:
@@ -67,11 +68,11 @@ def execute(
     return parent, failed
 
 
-def plan(sweep: spec.Sweep, tracking_uri: str | None = None, nodes: list[dict[str, float]] | None = None, where: str = "this machine") -> int:
+def plan(sweeps: list[spec.Sweep], tracking_uri: str | None = None, nodes: list[dict[str, float]] | None = None, where: str = "this machine") -> int:
     """Print every cell, whether the store already has it FINISHED, and its estimated cost; then
     how many cells run at once on `nodes` and the estimated makespan, the unfinished cells
-    packed onto the nodes the way the scheduler places them."""
-    cells = spec.expand(sweep)
+    packed onto the nodes the way the scheduler places them. `sweeps`: the documents of one file."""
+    sweep, cells = sweeps[0], spec.expand_all(sweeps)
     uri = track.tracking_uri(tracking_uri)
     finished = {run.data.tags["run_key"]: run for run in track.cell_runs(uri, sweep.name)}
     seconds_per_step = _seconds_per_step(finished.values())

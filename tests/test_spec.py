@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,9 @@ BAD = {
     "too many processes": (TINY_SWEEP + "resources: {cpus: 1, processes: 4096}\n", "resources: no node of this machine has 4096 processes × 1 CPUs"),
     "unknown resource": (TINY_SWEEP + "resources: {tpus: 1}\n", "resources.tpus: Extra inputs are not permitted"),
     "zero retries below": (TINY_SWEEP + "max_retries: -1\n", "max_retries: Input should be greater than or equal to 0"),
+    "documents disagree on the name": (TINY_SWEEP + "---\n" + TINY_SWEEP.replace("name: tiny", "name: other"), "name: every document of one file runs as one sweep, so they need the same name, got tiny, other"),
+    "documents disagree on retries": (TINY_SWEEP + "---\n" + TINY_SWEEP + "max_retries: 3\n", "max_retries: every document"),
+    "bad second document": (TINY_SWEEP + "---\n" + TINY_SWEEP.replace("name: lora", "name: lorax"), "methods.1: unknown method 'lorax'"),
     "empty methods": (TINY_SWEEP.replace("  - name: none\n  - name: lora\n    hparams: {r: 4}\n", "").replace("methods:", "methods: []"), "methods: List should have at least 1 item"),
 }
 
@@ -116,3 +120,16 @@ def test_run_rejects_an_unsatisfiable_spec_before_ray_and_mlflow(write_spec, tra
     path = write_spec(TINY_SWEEP + "resources: {cpus: 4096}\n")
     assert main(["run", str(path), "--tracking-uri", tracking_uri]) == 2
     assert not (tmp_path / "mlflow.db").exists() and not ray.is_initialized()
+
+
+def test_a_file_of_several_sweeps_validates_and_plans_as_one(tracking_uri, capsys):
+    """configs/nightly.yaml is two documents (GLUE and commonsense cannot share one): the CLI takes it whole."""
+    path = Path(__file__).parent.parent / "configs" / "nightly.yaml"
+    sweeps = spec.load_all(path)
+    cells = spec.expand_all(sweeps)
+    assert len(sweeps) == 2 and {c.backbone for c in cells} == {"smollm2-135m", "minilm-l6"}
+    assert main(["validate", str(path)]) == 0
+    assert f"ok, {len(cells)} cells" in capsys.readouterr().out
+    assert main(["plan", str(path), "--tracking-uri", tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(cells)} cells, 0 already finished" in out and all(c.run_key in out for c in cells)
