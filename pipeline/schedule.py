@@ -117,7 +117,7 @@ def run_cells(
                     bar.update()
                 last = f"{cell.label}/s{cell.seed}{' retrying' if retry else ''}"
             failed = sum(r.status != "FINISHED" for r in results)
-            bar.set_postfix(done=len(results) - failed, running=len(pending), failed=failed, skipped=skipped, queued=len(queue), **({"last": last} if last else {}))
+            bar.set_postfix(done=len(results) - failed, running=len(pending), failed=failed, skipped=skipped, queued=len(queue), **({"last": last} if last else {}), refresh=interval < 1)
     return results
 
 
