@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
 @dataclass(frozen=True)
@@ -121,6 +119,10 @@ class EvalResult:
 
 def metrics(name: str, gold, pred) -> dict[str, float]:
     """GLUE's metrics for `name` from gold labels and predictions (classes, or scores for STS-B)."""
+    # imported here: a commonsense cell's worker never needs them (about 1 s of its start-up)
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     gold, pred = np.asarray(gold), np.asarray(pred)
     compute = {
         "acc": lambda: accuracy_score(gold, pred),
