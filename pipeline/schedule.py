@@ -4,8 +4,8 @@ The driver decides what runs where; the task (`jobs.cell.run_cell`) knows nothin
 sweep. One-process CPU cells reuse Ray's worker processes (Ray's default for CPU tasks), so
 torch, DeepSpeed and lm-eval are imported once per worker, not once per cell (a fresh process per
 cell cost about 12 s of slot time per cell, `python -m pipeline.bench`); the cell resets the
-process's peak-memory mark when it starts (jobs.cell). GPU cells get a fresh process each (Ray's
-default `max_calls=1` for GPU tasks), which hands the device back whole. A cell with `processes: N` runs as N rank
+process's peak-memory mark when it starts (jobs.cell). A GPU cell gets a fresh process
+(`max_calls=1`), which hands the device back whole. A cell with `processes: N` runs as N rank
 actors in one placement group (STRICT_PACK: all ranks on one node, so NCCL stays within it),
 gloo on CPU and NCCL on GPU, with the rendezvous address and each rank's device taken from where
 Ray placed it. Retries are the driver's, not Ray's, so a cell that raised, a cell whose worker
@@ -82,7 +82,8 @@ def run_cells(
     cells cover it, so what is in flight is what runs and the display's `running` is true.
     The bar counts skipped (already finished) cells as done; its remaining time is the ETA.
     """
-    single = ray.remote(max_retries=0)(run_cell)
+    # CPU cells reuse workers; a GPU cell gets a fresh process, which returns the device whole
+    reused, fresh = ray.remote(max_retries=0)(run_cell), ray.remote(max_calls=1, max_retries=0)(run_cell)
     grouped = ray.remote(num_cpus=0, max_retries=0)(_run_ranks)
     queue, pending, groups, attempts, results = list(cells), {}, {}, Counter(), []
     limit = max_concurrent or len(cells)
@@ -94,7 +95,7 @@ def run_cells(
                 queue.remove(cell)
                 res = cell.resources
                 if res.processes == 1:
-                    ref = single.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(cell, tracking_uri, parent_run_id, checkpoint_dir)
+                    ref = (fresh if res.gpus else reused).options(num_cpus=res.cpus, num_gpus=res.gpus).remote(cell, tracking_uri, parent_run_id, checkpoint_dir)
                 else:
                     bundle = {k: v for k, v in (("CPU", res.cpus), ("GPU", res.gpus)) if v}
                     group = placement_group([bundle] * res.processes, strategy="STRICT_PACK")
