@@ -14,9 +14,11 @@ step than LoRA. `MergedElementwiseLinear` is the memory-bounded implementation o
 METHODS.md: one autograd Function over y = x·(W0 + ΔW)ᵀ + bias that saves only x, A, B and
 φ's parameters and walks Z in row blocks. Forward: W0 + ΔW, one GEMM. Backward: G, then one
 pass per row block gives W0 + ΔW again (for ∂x), dZ = in·out·G ⊙ φ′ and φ's parameter sums,
-all from one sin and one cos per element and grid point. Temporaries: two d×k buffers (G and
-W0 + ΔW) and row blocks (the torch path adds 2 × G × GRAD_CHUNK_ELEMENTS sin/cos values);
-nothing of size G×d×k, nothing d×k kept between forward and backward.
+all from one sin and one cos per element and grid point. Temporaries: two d×k scratch buffers
+per thread (G, and Z turned into W0 + ΔW), kept between calls and sized to the largest layer
+because fresh d×k allocations every call cost page faults (the torch path adds 2 × G ×
+GRAD_CHUNK_ELEMENTS sin/cos values); nothing of size G×d×k, no d×k values kept from forward
+to backward.
 
 The per-block passes run as C on CPU float32 (elementwise_kernels.c, built at first use with
 the system compiler, OpenMP over torch's threads, sin πt and cos πt from one shared range
@@ -32,6 +34,7 @@ import math
 import os
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -226,13 +229,13 @@ class SincPhi(nn.Module):
                          len(c), _ptr(a), _ptr(b), _ptr(c), self.residual, shift)
 
     def native_backward(self, lib, z, g, base, merged, scale_in, scale_out, a, beta):
-        """As native_forward into merged (if not None), z ← ∂L/∂z; returns (∂/∂a, ∂/∂β). g = ∂L/∂ΔW."""
+        """As native_forward into merged (if not None), g = ∂L/∂ΔW ← ∂L/∂z; returns (∂/∂a, ∂/∂β)."""
         a, b, c, shift = self._native_grid(a, beta)
+        g_total = scale_out * g.sum() if self.reading == "fixed" else None  # before g turns into ∂L/∂z
         threads = _threads(z.numel())
         da, w_dot_g = torch.zeros(threads, len(c)), torch.zeros(threads, len(c))  # one row per thread
-        lib.sinc_backward(threads, z.numel(), _ptr(z), _ptr(g), _ptr(base), _ptr(merged), _ptr(z), scale_in, scale_out,
+        lib.sinc_backward(threads, z.numel(), _ptr(z), _ptr(g), _ptr(base), _ptr(merged), _ptr(g), scale_in, scale_out,
                           len(c), _ptr(a), _ptr(b), _ptr(c), self.residual, shift, _ptr(da), _ptr(w_dot_g))
-        g_total = scale_out * g.sum() if self.reading == "fixed" else None
         return self._param_grads(a, beta, b, c, da.sum(0), w_dot_g.sum(0), g_total)
 
 
@@ -259,7 +262,7 @@ class SinePhi(nn.Module):
         lib.sine_forward(_threads(z.numel()), z.numel(), _ptr(z), _ptr(base), _ptr(out), scale_in, scale_out)
 
     def native_backward(self, lib, z, g, base, merged, scale_in, scale_out):
-        lib.sine_backward(_threads(z.numel()), z.numel(), _ptr(z), _ptr(g), _ptr(base), _ptr(merged), _ptr(z), scale_in, scale_out)
+        lib.sine_backward(_threads(z.numel()), z.numel(), _ptr(z), _ptr(g), _ptr(base), _ptr(merged), _ptr(g), scale_in, scale_out)
         return ()
 
 
@@ -270,7 +273,7 @@ def frobenius(A: torch.Tensor, B: torch.Tensor) -> float:
 
 
 def _forward_block(phi, params, z, base, out, scale_in: float, scale_out: float) -> None:
-    """out = base + scale_out · φ(scale_in · z) for one row block (base may be None)."""
+    """out = base + scale_out · φ(scale_in · z) for one row block (base may be None, out may be z)."""
     lib = _native(z, phi)
     if base is not None:
         base = base.to(z.dtype).contiguous()
@@ -283,8 +286,8 @@ def _forward_block(phi, params, z, base, out, scale_in: float, scale_out: float)
 
 
 def _backward_block(phi, params, z, g, base, merged, scale_in: float, scale_out: float) -> tuple:
-    """One row block of the backward, g = ∂L/∂ΔW there: merged = base + ΔW (if merged is not None),
-    z ← ∂L/∂z, returns φ's parameter gradients."""
+    """One row block of the backward with g = ∂L/∂ΔW there: merged = base + ΔW (skipped if None;
+    may be z), g ← ∂L/∂z in place; returns φ's parameter gradients."""
     lib = _native(z, phi)
     if base is not None:
         base = base.to(z.dtype).contiguous()
@@ -295,34 +298,60 @@ def _backward_block(phi, params, z, g, base, merged, scale_in: float, scale_out:
         torch.mul(value, scale_out, out=merged)
         if base is not None:
             merged += base
-    torch.mul(g_u, scale_in, out=z)
+    torch.mul(g_u, scale_in, out=g)
     return tuple(dparams)
 
 
-def delta_weight(A, B, phi, params, scale_in: float, scale_out: float, base: torch.Tensor | None = None) -> torch.Tensor:
-    """Dense ΔW = out · φ(in · B·A) [+ base], built block by block (merging, analysis, the Function)."""
+_scratch = threading.local()
+
+
+def scratch(slot: int, d: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A d×k view of this thread's scratch buffer `slot`, kept between calls and grown to the
+    largest layer: a fresh d×k allocation per call costs page faults (about 0.4 ns per byte on
+    the 2-core bench VM, more than the sine passes themselves). Nothing outlives a call in it."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    key = (slot, dtype, device)
+    if key not in buffers or buffers[key].numel() < d * k:
+        buffers[key] = None  # free the smaller one first
+        buffers[key] = torch.empty(d * k, dtype=dtype, device=device)
+    return buffers[key][: d * k].view(d, k)
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch buffers (the next call allocates them again)."""
+    _scratch.__dict__.pop("buffers", None)
+
+
+def delta_weight(A, B, phi, params, scale_in: float, scale_out: float, base=None, out=None) -> torch.Tensor:
+    """Dense ΔW = out · φ(in · B·A) [+ base], built block by block in `out` (a new tensor if None;
+    Z's block goes there first): merging, analysis, the Function's forward."""
     dtype = torch.promote_types(A.dtype, torch.float32)
     A, B = A.to(dtype), B.to(dtype)
     params = [p.to(dtype) for p in params]
-    out = torch.empty(B.shape[0], A.shape[1], dtype=dtype, device=A.device)
+    if out is None:
+        out = torch.empty(B.shape[0], A.shape[1], dtype=dtype, device=A.device)
     for rows in _row_blocks(*out.shape):
-        _forward_block(phi, params, B[rows] @ A, None if base is None else base[rows], out[rows], scale_in, scale_out)
+        z = torch.mm(B[rows], A, out=out[rows])
+        _forward_block(phi, params, z, None if base is None else base[rows], z, scale_in, scale_out)
     return out
 
 
 class MergedElementwiseLinear(torch.autograd.Function):
     """y = x·(W0 + ΔW)ᵀ + bias (or x·ΔWᵀ when W0 is None), ΔW = out · φ(in · B·A).
 
-    Backward: G = G_yᵀ·x (the extra dense GEMM), then per row block of Z one pass gives the
-    block of W0 + ΔW (for ∂x), dZ = in · out · G ⊙ φ′(u) and φ's parameter gradients (sums of
-    G against the same sin/cos values); dB = dZ·Aᵀ, dA += Bᵀ·dZ.
+    Backward: G = G_yᵀ·x (the extra dense GEMM), then per row block of Z (built in the second
+    d×k buffer) one pass turns Z's block into W0 + ΔW's (for ∂x) and G's block into
+    dZ = in · out · G ⊙ φ′(u), and gives φ's parameter gradients (sums of G against the same
+    sin/cos values); dB = dZ·Aᵀ, dA += Bᵀ·dZ. No other d×k-sized allocation.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, phi, scale_in, scale_out, *params):
         ctx.phi, ctx.scales = phi, (scale_in, scale_out)
         ctx.save_for_backward(x, weight, A, B, *params)
-        merged = delta_weight(A, B, phi, params, scale_in, scale_out, base=weight)
+        dtype = torch.promote_types(A.dtype, torch.float32)
+        merged = scratch(0, B.shape[0], A.shape[1], dtype, A.device)
+        delta_weight(A, B, phi, params, scale_in, scale_out, base=weight, out=merged)
         return F.linear(x, merged.to(x.dtype), bias)
 
     @staticmethod
@@ -331,22 +360,24 @@ class MergedElementwiseLinear(torch.autograd.Function):
         phi, (scale_in, scale_out) = ctx.phi, ctx.scales
         dtype = torch.promote_types(A.dtype, torch.float32)
         gy = grad_y.reshape(-1, grad_y.shape[-1])
-        G = gy.T.to(dtype) @ x.reshape(-1, x.shape[-1]).to(dtype)
-        grad_w = G.to(weight.dtype) if ctx.needs_input_grad[1] else None  # G itself is not written to
-        merged = torch.empty_like(G) if ctx.needs_input_grad[0] else None
+        G = scratch(0, B.shape[0], A.shape[1], dtype, A.device)  # becomes dZ block by block
+        torch.mm(gy.T.to(dtype), x.reshape(-1, x.shape[-1]).to(dtype), out=G)
+        grad_w = G.to(weight.dtype, copy=True) if ctx.needs_input_grad[1] else None
+        work = scratch(1, *G.shape, dtype, A.device)  # Z, then W0 + ΔW
         Af, Bf = A.to(dtype), B.to(dtype)
         pf = [p.to(dtype) for p in params]
         dA, dB = torch.zeros_like(Af), torch.empty_like(Bf)
         dparams = [torch.zeros_like(p) for p in pf]
         for rows in _row_blocks(*G.shape):
-            dZ = Bf[rows] @ Af  # Z's block, turned into ∂L/∂Z's in place
+            z = torch.mm(Bf[rows], Af, out=work[rows])
             base = None if weight is None else weight[rows]
-            parts = _backward_block(phi, pf, dZ, G[rows], base, None if merged is None else merged[rows], scale_in, scale_out)
+            parts = _backward_block(phi, pf, z, G[rows], base, z if ctx.needs_input_grad[0] else None, scale_in, scale_out)
+            dZ = G[rows]
             dB[rows] = dZ @ Af.T
             dA += Bf[rows].T @ dZ
             for total, part in zip(dparams, parts):
                 total += part
-        grad_x = None if merged is None else (gy @ merged.to(gy.dtype)).view_as(x)
+        grad_x = (gy @ work.to(gy.dtype)).view_as(x) if ctx.needs_input_grad[0] else None
         grad_bias = gy.sum(0) if ctx.needs_input_grad[2] else None
         dparams = [d.to(p.dtype) for d, p in zip(dparams, params)]
         return grad_x, grad_w, grad_bias, dA.to(A.dtype), dB.to(B.dtype), None, None, None, *dparams

@@ -7,10 +7,11 @@
  *
  * With v = in·z and φ the method's function:
  *   *_forward:  merged = w0 + out·φ(v)                     (w0 may be NULL: merged = ΔW)
- *   *_backward: merged as above (skipped if NULL), dz = in·out·gm·φ′(v) (dz may alias z), and
+ *   *_backward: merged as above (skipped if NULL), dz = in·out·gm·φ′(v), and
  *               for sinc da[i·G + g] = out·Σ gm·s_g, wg[i·G + g] = out·Σ gm·w_g over thread i's
  *               elements (s_g = sinc t_g, w_g = cos πt_g − s_g; da, wg hold threads × G floats).
- * sinc: φ(v) = Σ_g a_g sinc(t_g) [+ v] − phi0, t_g = b_g (v − c_g).
+ * sinc: φ(v) = Σ_g a_g sinc(t_g) [+ v] − phi0, t_g = b_g (v − c_g). A block's inputs are read
+ * before its outputs are written, so merged may alias z and dz may alias gm.
  *
  * sin πt and cos πt share one reduction t = k + f, |f| ≤ 1/2 (exact in float32 for |t| < 2^22),
  * then Taylor polynomials in x = πf to degree 13 / 14 (truncation below 1e-9), sign (−1)^k.
