@@ -10,6 +10,8 @@ from __future__ import annotations
 import peft
 import torch
 import torch.nn as nn
+from peft.tuners.lora.layer import Linear as LoraLinear
+from peft.utils.integrations import dequantize_bnb_weight as bnb_dequantize
 
 from adapters import zero
 from adapters.registry import MethodError, register, register_after_backward, register_optimizer
@@ -31,11 +33,13 @@ def positive(method: str, **values) -> None:
             raise MethodError(f"method {method!r}: {key} must be positive, got {value!r}")
 
 
-def _lora(model, method, r, lora_alpha, lora_dropout, target_modules, **settings) -> peft.PeftModel:
+def _lora(model, method, r, lora_alpha, lora_dropout, target_modules, custom_modules=None, **settings) -> peft.PeftModel:
     positive(method, r=r, lora_alpha=lora_alpha)
     config = peft.LoraConfig(
         r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, task_type=task_type(model), **settings
     )
+    if custom_modules:
+        config._register_custom_module(custom_modules)
     return peft.get_peft_model(model, config)
 
 
@@ -248,14 +252,46 @@ def build_qlora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropo
     quantised base. Trainable parameters: Σ r·(d_in + d_out).
     """
     quantize_nf4(model)
-    return _lora(model, "qlora", r, lora_alpha, lora_dropout, target_modules)
+    return _lora(model, "qlora", r, lora_alpha, lora_dropout, target_modules, custom_modules=nf4_lora_modules())
+
+
+class NF4LoraLinear(LoraLinear):
+    """peft's LoRA Linear over an NF4 Linear4bit that merges into a float nn.Linear.
+
+    peft picks its own 4-bit LoRA layer only for models loaded quantised by transformers; over
+    our in-place NF4 base it used the plain layer, whose merge adds ΔW to the packed 4-bit
+    storage (a size mismatch). Here merging first replaces the base by its dequantised weight
+    (in the dtype it was quantised from, the dtype the layer computed in), so merge_and_unload
+    gives a plain model computing what the adapted one did, where peft's 4-bit merge would round
+    W0 + ΔW to NF4 again.
+    """
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        base = self.get_base_layer()
+        if type(base) is not nn.Linear:
+            weight = bnb_dequantize(base.weight)
+            dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+            dense.weight = nn.Parameter(weight, requires_grad=False)
+            if base.bias is not None:
+                dense.bias = nn.Parameter(base.bias.data.to(weight.dtype), requires_grad=False)
+            self.base_layer = dense
+        super().merge(safe_merge, adapter_names)
+
+
+def nf4_lora_modules() -> dict[type[nn.Module], type[nn.Module]]:
+    """peft's custom-module mapping for LoRA over quantize_nf4's layers (building and loading qlora)."""
+    import bitsandbytes as bnb
+
+    return {bnb.nn.Linear4bit: NF4LoraLinear}
 
 
 def quantize_nf4(model: nn.Module) -> None:
     """Replace every nn.Linear except the output head by a frozen bitsandbytes NF4 Linear4bit.
 
     A sequence classifier's head (`classifier` or `score`, as peft's SEQ_CLS names it) stays
-    float too: it is new and trains in full.
+    float too: it is new and trains in full. Compute stays fp32 in eval too: bitsandbytes would
+    otherwise repack W0 at the first no-grad forward on an AVX512-BF16 CPU and compute in bf16
+    from then on (other numbers than training's, and a layout merging cannot dequantise).
     """
     import bitsandbytes as bnb
 
@@ -268,6 +304,7 @@ def quantize_nf4(model: nn.Module) -> None:
                     child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=torch.float32, quant_type="nf4"
                 )
                 q.weight = bnb.nn.Params4bit(child.weight.data.float(), requires_grad=False, quant_type="nf4")
+                q.support_avx512bf16_for_cpu = False
                 if child.bias is not None:
                     q.bias = nn.Parameter(child.bias.data, requires_grad=False)
                 setattr(module, child_name, q.to(child.weight.device))

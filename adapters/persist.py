@@ -6,7 +6,7 @@ plain LoraConfig and drop our fields). Methods outside peft (bitfit, adapter, fu
 trainable tensors. `peftbench.json` records the method and hyperparameters in every case.
 
 Two methods change the base model and are rebuilt rather than read: QLoRA (the base is
-quantised to NF4 again before loading) and PiSSA (its base keeps the residual W0 − top-r
+quantised to NF4 again before loading, and its LoRA layers are our NF4LoraLinear) and PiSSA (its base keeps the residual W0 − top-r
 part, recomputed deterministically from W0 by the builder; then the trained factors load).
 """
 
@@ -20,7 +20,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from adapters import variants
-from adapters.peft_methods import quantize_nf4
+from adapters.peft_methods import nf4_lora_modules, quantize_nf4
 from adapters.registry import MethodError, apply
 
 RECORD = "peftbench.json"
@@ -52,7 +52,11 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
     elif (path / "adapter_config.json").exists():
         if method == "qlora":
             quantize_nf4(base_model)
-        model = peft.PeftModel.from_pretrained(base_model, path, config=variants.load_config(path))
+            config = peft.LoraConfig.from_pretrained(str(path))
+            config._register_custom_module(nf4_lora_modules())
+        else:
+            config = variants.load_config(path)
+        model = peft.PeftModel.from_pretrained(base_model, path, config=config)
     else:
         model = apply(base_model, method, **hparams)
         tensors = load_file(path / TENSORS)

@@ -51,7 +51,7 @@ CASES = [
     ("none", {}),
 ]
 NOT_IDENTITY_AT_INIT = {"prefix_tuning", "prompt_tuning"}  # random virtual tokens by construction
-NOT_MERGEABLE = {"prefix_tuning", "prompt_tuning", "adapter", "bitfit", "full", "none", "qlora"}  # qlora: NF4 rounding
+NOT_MERGEABLE = {"prefix_tuning", "prompt_tuning", "adapter", "bitfit", "full", "none"}
 
 
 @pytest.fixture(autouse=True)
@@ -204,11 +204,26 @@ def test_merge_gives_a_plain_model_with_the_same_logits(tiny, case):
     perturb(model)
     adapted = logits(model)
     assert not torch.allclose(adapted, logits(tiny), atol=1e-4), "perturbed adapter should change the output"
-    merged = model.merge_and_unload()
-    assert type(merged) is type(tiny)
+    assert_plain_merge(model.merge_and_unload(), tiny, adapted)
+
+
+def assert_plain_merge(merged, base, adapted) -> None:
+    """`merged` is a plain model of `base`'s class (float nn.Linear layers, no adapter layers, the
+    same parameter names) with the logits `adapted`."""
+    assert type(merged) is type(base)
     assert not [n for n, m in merged.named_modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer)]
-    assert {n for n, _ in merged.named_parameters()} == {n for n, _ in tiny.named_parameters()}
+    assert {type(m) for m in merged.modules() if isinstance(m, torch.nn.Linear)} == {torch.nn.Linear}
+    assert {n for n, _ in merged.named_parameters()} == {n for n, _ in base.named_parameters()}
     torch.testing.assert_close(logits(merged), adapted, atol=1e-5, rtol=0)
+
+
+def test_qlora_loaded_from_disk_merges_too(tiny, tmp_path):
+    """The merge goes through our NF4 layer on load as on build (peft would rebuild its plain LoRA layer)."""
+    model = build(tiny, "qlora", {})
+    perturb(model)
+    adapters.save_adapter(model, tmp_path)
+    loaded = adapters.load_adapter(copy.deepcopy(tiny), tmp_path)
+    assert_plain_merge(loaded.merge_and_unload(), tiny, logits(model))
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] != "none"] + [("prefix_tuning", {}), ("prompt_tuning", {})], ids=case_id)

@@ -64,6 +64,38 @@ def test_merged_elementwise_linear_matches_the_dense_reference_and_passes_gradch
     assert torch.autograd.gradcheck(MergedElementwiseLinear.apply, inputs)
 
 
+@pytest.mark.parametrize("name, phi, scales", phis(), ids=[c[0] for c in phis()])
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "delta_only"])
+def test_native_kernels_match_the_eager_torch_path(monkeypatch, name, phi, scales, merged):
+    """CPU float32 runs the C kernels, here over several row blocks with ragged ends, split over 2 threads."""
+    assert elementwise._native_library() is not None, "the C kernels should build here"
+    monkeypatch.setattr(elementwise, "BLOCK_ELEMENTS", 300)
+    monkeypatch.setattr(elementwise, "PART_MIN_ELEMENTS", 64)
+    phi = copy.deepcopy(phi).float()
+    gen = torch.Generator().manual_seed(2)
+    d, k, r, T = 37, 29, 3, 6
+    x = torch.randn(T, k, generator=gen, requires_grad=True)
+    A = torch.randn(r, k, generator=gen, requires_grad=True)
+    B = torch.randn(d, r, generator=gen, requires_grad=True)
+    W0 = torch.randn(d, k, generator=gen) if merged else None
+    bias = torch.randn(d, generator=gen) if merged else None
+    leaves = (x, A, B, *phi.params())
+
+    def run(native: bool):
+        monkeypatch.setattr(elementwise, "COMPILE", native)
+        out = MergedElementwiseLinear.apply(x, W0, bias, A, B, phi, *scales, *phi.params())
+        return (out, *torch.autograd.grad(out.square().sum(), leaves))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        native = run(True)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(native, run(False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.detach().abs().max()))
+
+
 def test_compiled_kernels_match_the_eager_ones(monkeypatch):
     gen = torch.Generator().manual_seed(6)
     phi = SincPhi(50, 3.0, "paper", False, "inside")
