@@ -81,7 +81,7 @@ def sinc_sum(u, a, b, c):
 def sinc_grad_terms(u, a, b, c):
     """(sinc t_g, w_g, Σ_g a_g b_g sinc′(t_g)) with t_g = b_g (u − c_g), w_g = cos πt_g − sinc t_g.
 
-    The backward needs sums over the grid (φ = Σ a·s, φ′, returned) and over elements (∂a = s·g,
+    The backward needs sums over the grid (φ = Σ a·s, φ′) and over elements (∂a = s·g,
     ∂β ∝ w·g) of the same sin and cos values; returning s and w for a small chunk of u evaluates
     each sin and cos once. sinc′ = w/t, by its series near 0 (see sinc_prime).
     """
@@ -302,14 +302,14 @@ def _backward_block(phi, params, z, g, base, merged, scale_in: float, scale_out:
     return tuple(dparams)
 
 
-_scratch = threading.local()
+_SCRATCH = threading.local()
 
 
-def scratch(slot: int, d: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _scratch(slot: int, d: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A d×k view of this thread's scratch buffer `slot`, kept between calls and grown to the
     largest layer: a fresh d×k allocation per call costs page faults (about 0.4 ns per byte on
     the 2-core bench VM, more than the sine passes themselves). Nothing outlives a call in it."""
-    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
     key = (slot, dtype, device)
     if key not in buffers or buffers[key].numel() < d * k:
         buffers[key] = None  # free the smaller one first
@@ -319,7 +319,7 @@ def scratch(slot: int, d: int, k: int, dtype: torch.dtype, device: torch.device)
 
 def release_scratch() -> None:
     """Free this thread's scratch buffers (the next call allocates them again)."""
-    _scratch.__dict__.pop("buffers", None)
+    _SCRATCH.__dict__.pop("buffers", None)
 
 
 def delta_weight(A, B, phi, params, scale_in: float, scale_out: float, base=None, out=None) -> torch.Tensor:
@@ -339,10 +339,11 @@ def delta_weight(A, B, phi, params, scale_in: float, scale_out: float, base=None
 class MergedElementwiseLinear(torch.autograd.Function):
     """y = x·(W0 + ΔW)ᵀ + bias (or x·ΔWᵀ when W0 is None), ΔW = out · φ(in · B·A).
 
-    Backward: G = G_yᵀ·x (the extra dense GEMM), then per row block of Z (built in the second
-    d×k buffer) one pass turns Z's block into W0 + ΔW's (for ∂x) and G's block into
-    dZ = in · out · G ⊙ φ′(u), and gives φ's parameter gradients (sums of G against the same
-    sin/cos values); dB = dZ·Aᵀ, dA += Bᵀ·dZ. No other d×k-sized allocation.
+    Forward: Z's row blocks turned into W0 + ΔW in place, one GEMM. Backward: G = G_yᵀ·x (the
+    extra dense GEMM), then per row block of Z (built in a second buffer) one pass turns Z's
+    block into W0 + ΔW's (for ∂x) and G's block into dZ = in · out · G ⊙ φ′(u), and gives φ's
+    parameter gradients (sums of G against the same sin/cos values); dB = dZ·Aᵀ, dA += Bᵀ·dZ.
+    Both d×k buffers are per-thread scratch (_scratch).
     """
 
     @staticmethod
@@ -350,7 +351,7 @@ class MergedElementwiseLinear(torch.autograd.Function):
         ctx.phi, ctx.scales = phi, (scale_in, scale_out)
         ctx.save_for_backward(x, weight, A, B, *params)
         dtype = torch.promote_types(A.dtype, torch.float32)
-        merged = scratch(0, B.shape[0], A.shape[1], dtype, A.device)
+        merged = _scratch(0, B.shape[0], A.shape[1], dtype, A.device)
         delta_weight(A, B, phi, params, scale_in, scale_out, base=weight, out=merged)
         return F.linear(x, merged.to(x.dtype), bias)
 
@@ -360,10 +361,10 @@ class MergedElementwiseLinear(torch.autograd.Function):
         phi, (scale_in, scale_out) = ctx.phi, ctx.scales
         dtype = torch.promote_types(A.dtype, torch.float32)
         gy = grad_y.reshape(-1, grad_y.shape[-1])
-        G = scratch(0, B.shape[0], A.shape[1], dtype, A.device)  # becomes dZ block by block
+        G = _scratch(0, B.shape[0], A.shape[1], dtype, A.device)  # becomes dZ block by block
         torch.mm(gy.T.to(dtype), x.reshape(-1, x.shape[-1]).to(dtype), out=G)
         grad_w = G.to(weight.dtype, copy=True) if ctx.needs_input_grad[1] else None
-        work = scratch(1, *G.shape, dtype, A.device)  # Z, then W0 + ΔW
+        work = _scratch(1, *G.shape, dtype, A.device)  # Z, then W0 + ΔW
         Af, Bf = A.to(dtype), B.to(dtype)
         pf = [p.to(dtype) for p in params]
         dA, dB = torch.zeros_like(Af), torch.empty_like(Bf)

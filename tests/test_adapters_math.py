@@ -96,6 +96,23 @@ def test_native_kernels_match_the_eager_torch_path(monkeypatch, name, phi, scale
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.detach().abs().max()))
 
 
+def test_layers_of_different_sizes_share_the_scratch_buffers_correctly():
+    """The d×k scratch grows to the largest layer and is reused by smaller ones (views into it)."""
+    gen = torch.Generator().manual_seed(3)
+    phi = SinePhi(omega=3.0, in_features=5)
+    elementwise.release_scratch()
+    for d, k in [(4, 5), (9, 6), (3, 2), (9, 6)]:
+        x = torch.randn(3, k, generator=gen, dtype=torch.float64, requires_grad=True)
+        A = torch.randn(2, k, generator=gen, dtype=torch.float64, requires_grad=True)
+        B = torch.randn(d, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+        W0 = torch.randn(d, k, generator=gen, dtype=torch.float64)
+        out = MergedElementwiseLinear.apply(x, W0, None, A, B, phi, 3.0, 0.4)
+        ref = torch.nn.functional.linear(x, W0 + naive_delta(A, B, phi, (), 3.0, 0.4))
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad(out.sum(), (x, A, B)), torch.autograd.grad(ref.sum(), (x, A, B))):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_compiled_kernels_match_the_eager_ones(monkeypatch):
     gen = torch.Generator().manual_seed(6)
     phi = SincPhi(50, 3.0, "paper", False, "inside")
