@@ -51,6 +51,8 @@ import time
 import torch
 import torch.nn as nn
 
+from jobs import memory
+
 D_SIZES, TOKENS, RANK, GRID = (1024, 2048), 2048, 16, 50
 LINEAR_METHODS = {
     "lora": {"r": RANK, "lora_alpha": RANK},
@@ -62,20 +64,14 @@ LINEAR_METHODS = {
 SHIFT_TERMS = {"linear": 2, "cyclic": 3, "learned": 2}
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def _reset_peak() -> int:
     """Reset the kernel's peak-RSS mark (VmHWM) and return the current RSS in bytes."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kb("VmRSS") * 1024
+    memory.reset_peak()
+    return memory.status_kb("VmRSS") * 1024
 
 
 def _peak_since_reset() -> int:
-    return _status_kb("VmHWM") * 1024
+    return memory.status_kb("VmHWM") * 1024
 
 
 class Holder(nn.Module):

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import adapters
-from jobs import backbones, diagnostics, glue, tasks
+from jobs import backbones, diagnostics, glue, memory, tasks
 from jobs.evaluate import evaluate
 from jobs.train import train
 from pipeline import track
@@ -209,8 +209,7 @@ def _reset_peak_memory() -> None:
         return
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        memory.reset_peak()
     except OSError:
         pass
 
@@ -221,8 +220,7 @@ def _peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        return memory.status_kb("VmHWM") / 1024
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
