@@ -96,6 +96,26 @@ def test_native_kernels_match_the_eager_torch_path(monkeypatch, name, phi, scale
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.detach().abs().max()))
 
 
+def test_without_a_c_compiler_the_torch_path_runs_with_a_warning(monkeypatch):
+    """A machine where elementwise_kernels.c cannot be built still trains: one warning, then the
+    compiled torch kernels, with the eager path's results."""
+    name, phi, scales = phis()[0]
+    phi = copy.deepcopy(phi).float()
+    gen = torch.Generator().manual_seed(4)
+    x, A, B = torch.randn(5, 7, generator=gen), torch.randn(2, 7, generator=gen), torch.randn(6, 2, generator=gen)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    elementwise._native_library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="native kernels unavailable"):
+            assert elementwise._native_library() is None
+        fallback = MergedElementwiseLinear.apply(x, None, None, A, B, phi, *scales, *phi.params())
+    finally:
+        elementwise._native_library.cache_clear()  # later tests build the real kernels again
+    monkeypatch.setattr(elementwise, "COMPILE", False)
+    eager = MergedElementwiseLinear.apply(x, None, None, A, B, phi, *scales, *phi.params())
+    torch.testing.assert_close(fallback, eager, rtol=1e-5, atol=1e-5 * float(eager.abs().max()))
+
+
 def test_layers_of_different_sizes_share_the_scratch_buffers_correctly():
     """The d×k scratch grows to the largest layer and is reused by smaller ones (views into it)."""
     gen = torch.Generator().manual_seed(3)
