@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = spec.expand(spec.load(path))
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         parent = track.start_sweep_run(uri, "bench", path.read_text(), [])
-        ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
+        schedule.connect("local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         try:
             started = time.time()
             results = schedule.run_cells(cells, uri, parent)

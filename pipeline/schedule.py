@@ -15,6 +15,7 @@ checkpoint), and the dead attempt's MLflow run is closed FAILED with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -33,14 +34,19 @@ from pipeline import track
 from pipeline.spec import Cell, fits
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, **local) -> None:
     """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray instance (`local`,
-    so that a cluster someone else started on this machine is never joined by accident).
+    so that a cluster someone else started on this machine is never joined by accident), with
+    `local` as further ray.init arguments for it (the bench's num_cpus).
 
     Jobs inherit the data and cache locations the driver resolved, so a local run and a
     `ray job submit` run read the same files (a job's workers run from a copy of the working
-    dir, where "../shared/data beside the repo" is not). Variables the submitted job's own
-    runtime env sets are left to it: Ray refuses to merge two values of one variable.
+    dir, where "../shared/data beside the repo" is not). A cluster's workers get them through
+    the job's runtime env; variables the submitted job's own runtime env sets are left to it
+    (Ray refuses to merge two values of one variable). A local instance's workers are children
+    of the raylet that `ray.init` starts, so they get them through the environment it inherits
+    instead: a job with a runtime env cannot use the workers Ray prestarts at start-up, and each
+    new worker's runtime env set-up costs about 1.5 s (`python -m pipeline.bench`).
     """
     if ray.is_initialized():
         return
@@ -48,9 +54,26 @@ def connect(address: str | None) -> None:
     if tasks.data_dir():
         env["PEFTBENCH_DATA"] = str(tasks.data_dir())
     env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        with _environ(env):  # only while Ray starts: the driver's own bar must stay on
+            ray.init(address="local", **{"log_to_driver": True, "configure_logging": False, **local})
+        return
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
     env = {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
+
+
+@contextlib.contextmanager
+def _environ(variables: dict[str, str]):
+    """os.environ with `variables` set, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 def nodes(address: str | None, described=None) -> tuple[list[dict[str, float]], str]:
