@@ -72,7 +72,7 @@ def nightly(spec_path: str, sweeps: list[spec.Sweep], uri: str, ref: str | None,
         cost = cost_gate(tonight, earlier)
     regressed = bool(accuracy.get("regression", pd.Series(dtype=bool)).any() or cost.get("regression", pd.Series(dtype=bool)).any())
     verdict = "failed" if failed else "baseline" if ref is None else "regression" if regressed else "pass"
-    md, page = render(night, ref, verdict, accuracy, cost, len(cells), len(failed))
+    md, page = render(night, ref, verdict, scores(tonight), accuracy, cost, len(cells), len(failed))
     track.log_text(uri, parent, md, "nightly.md")
     track.log_text(uri, parent, page, "nightly.html")
     track.set_tag(uri, parent, VERDICT, verdict)
@@ -135,7 +135,21 @@ def cost_gate(tonight: pd.DataFrame, earlier: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def render(night: str, ref: str | None, verdict: str, accuracy: pd.DataFrame, cost: pd.DataFrame, n_cells: int, n_failed: int) -> tuple[str, str]:
+def scores(tonight: pd.DataFrame) -> pd.DataFrame:
+    """Tonight's own numbers, per backbone × regime × method × task × metric: the score's mean and
+    std over seeds (×100: points, as in the accuracy gate), and the method's tokens/s and peak memory (cell means).
+    A baseline night has nothing to compare with; this is what it measured."""
+    keys = stats.BLOCK + ["method", "task", "metric"]
+    cols = keys + ["mean", "std", "seeds", "tokens_per_s", "peak_mem_mb"]
+    if tonight.empty:
+        return pd.DataFrame(columns=cols)
+    table = tonight.assign(value=100 * tonight["value"]).groupby(keys)["value"].agg(mean="mean", std="std", seeds="count").reset_index()
+    cost = tonight.drop_duplicates("run_key").groupby(stats.BLOCK + ["method"])[["tokens_per_s", "peak_mem_mb"]].mean().reset_index()
+    return table.merge(cost, on=stats.BLOCK + ["method"], how="left")[cols]
+
+
+def render(night: str, ref: str | None, verdict: str, scores: pd.DataFrame, accuracy: pd.DataFrame, cost: pd.DataFrame,
+           n_cells: int, n_failed: int) -> tuple[str, str]:
     """The regression report as (markdown, a self-contained HTML page)."""
     head = [
         f"# Nightly {night}: {verdict}",
@@ -149,8 +163,8 @@ def render(night: str, ref: str | None, verdict: str, accuracy: pd.DataFrame, co
         + ", ".join(f"{v:.0%} for {k}" for k, v in FLOOR.items())
         + ") over its cells of the method.",
     ]
-    tables = []
-    for title, frame in (("Accuracy (points)", accuracy), ("Throughput and memory", cost)):
+    tables = [("Tonight (points: mean and std over seeds)", scores)] if not scores.empty else []
+    for title, frame in (("Accuracy against the earlier night (points)", accuracy), ("Throughput and memory against the earlier night", cost)):
         if frame.empty:
             continue
         shown = frame.assign(regression=frame["regression"].map({True: "REGRESSION", False: ""}))

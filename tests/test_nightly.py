@@ -44,7 +44,10 @@ def test_planted_regression_fails_identical_rerun_passes(write_spec, tracking_ur
     cli = ["nightly", "--tracking-uri", tracking_uri]
 
     assert main(cli + ["--spec", str(good)]) == 0  # no earlier night: the baseline
-    assert "this night is the baseline" in capsys.readouterr().out
+    baseline = capsys.readouterr().out
+    assert "this night is the baseline" in baseline and "## Tonight" in baseline  # what the baseline measured
+    assert [line.split("|")[3:6] for line in baseline.splitlines() if "| boolq |" in line] == [
+        [" lora ", " boolq ", " acc "], [" none ", " boolq ", " acc "]]
     assert main(cli + ["--spec", str(good)]) == 0  # the same suite again: a new night, no regression
     rerun = capsys.readouterr().out
     assert ": pass" in rerun and "REGRESSION" not in rerun
