@@ -15,10 +15,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 @pytest.fixture
 def local_ray():
-    """A real local Ray instance for one test, shut down afterwards."""
+    """A real local Ray instance for one test, started as `pipeline run` starts one, shut down afterwards."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from pipeline import schedule
+
+    schedule.connect("local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

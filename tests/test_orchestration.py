@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from jobs import tasks
 from pipeline import spec, track
 from tests.conftest import TINY_SWEEP
 
@@ -35,6 +36,15 @@ def _wait_for_checkpoint(directory: Path, proc: subprocess.Popen, timeout: float
 
 def _history(uri: str, run) -> list[float]:
     return [v for _, v in track.metric_history(uri, run.info.run_id, "train/loss")]
+
+
+def test_a_local_rays_workers_get_the_data_dir_and_no_bars_while_the_driver_keeps_its_own(local_ray):
+    import ray
+
+    driver = os.environ.get("TQDM_DISABLE")
+    worker = ray.get(ray.remote(lambda: {k: os.environ.get(k) for k in ("TQDM_DISABLE", "PEFTBENCH_DATA")}).remote())
+    assert worker == {"TQDM_DISABLE": "1", "PEFTBENCH_DATA": str(tasks.data_dir())}
+    assert os.environ.get("TQDM_DISABLE") == driver  # set only while Ray started
 
 
 def test_killed_cell_resumes_and_ends_as_an_uninterrupted_run(write_spec, tracking_uri, tmp_path):
