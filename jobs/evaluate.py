@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,10 @@ def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, lim
     tasks = {name: task_registry.load(name, data_dir) for name in task_names}
     subsets = {name: idx for name, task in tasks.items() if (idx := task_registry.eval_subset(task, limit)) is not None}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)  # simple_evaluate ignores batch_size for objects
+    if os.environ.get("TQDM_DISABLE") == "1":  # a sweep's worker: the driver's bar is the display
+        # lm-eval passes its bars disable=False explicitly, which tqdm's TQDM_DISABLE default cannot override
+        for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+            setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
     out = simple_evaluate(model=lm, tasks=list(tasks.values()), samples=subsets or None, log_samples=True, bootstrap_iters=0)
     metrics = {
         name: {key.split(",")[0]: float(value) for key, value in out["results"][name].items() if key.split(",")[0] in ("acc", "acc_norm")}

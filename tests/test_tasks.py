@@ -91,3 +91,15 @@ def test_lm_eval_scores_a_seeded_subset_and_keeps_every_item(data_dir):
         assert all(i["acc"] in (0.0, 1.0) and i["acc"] == float(i["pred"] == i["gold"]) for i in items)
         assert result.metrics[name]["acc"] == pytest.approx(sum(i["acc"] for i in items) / len(items))
     assert "acc_norm" in result.metrics["arc_easy"] and "acc_norm" not in result.metrics["winogrande"]
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_lm_eval_request_bars_follow_tqdm_disable(data_dir, capfd, monkeypatch, quiet):
+    """A sweep's workers run with TQDM_DISABLE=1: their logs carry no lm-eval request bars."""
+    from jobs import backbones
+
+    monkeypatch.setenv("TQDM_DISABLE", "1" if quiet else "0")
+    model, tokenizer = backbones.load("tiny-llama")
+    capfd.readouterr()
+    evaluate(model, tokenizer, ["arc_easy"], data_dir, limit=4, batch_size=4)
+    assert ("Running loglikelihood requests" in capfd.readouterr().err) is not quiet
