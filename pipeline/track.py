@@ -20,6 +20,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 KIND = "peftbench.kind"
+# The reports read one small artifact per cell: MLflow's bar for each would be a line per cell in a log.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _client(uri: str) -> MlflowClient:
