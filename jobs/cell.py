@@ -201,8 +201,8 @@ def _reset_peak_memory() -> None:
     reset the kernel's high-water mark VmHWM to the current resident set (Linux: "5" written to
     /proc/self/clear_refs). Elsewhere the process's lifetime peak is what is left to read.
     What survives the collection (imports, library caches) is frozen (gc.freeze), so the next
-    cell's collection scans only what this cell leaves behind: a full one costs 0.34 s after the
-    imports and ~0.06 s per cell after the first (`pipeline.bench`). The first cell has nothing
+    cell's collection scans only what this cell leaves behind: ~0.005 s in a `pipeline.bench`
+    worker, where a full one costs 0.34 s after the imports. The first cell has nothing
     of an earlier one to drop (a flag, not gc.get_freeze_count(): that walks every frozen object,
     0.08 s)."""
     global _worker_has_run_a_cell

@@ -15,11 +15,11 @@ checkpoint), and the dead attempt's MLflow run is closed FAILED with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from collections import Counter
+from unittest import mock
 
 import ray
 import torch
@@ -56,24 +56,12 @@ def connect(address: str | None, **local) -> None:
     env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
-        with _environ(env):  # only while Ray starts: the driver's own bar must stay on
+        with mock.patch.dict(os.environ, env):  # only while Ray starts: the driver's own bar must stay on
             ray.init(address="local", **{"log_to_driver": True, "configure_logging": False, **local})
         return
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
     env = {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
-
-
-@contextlib.contextmanager
-def _environ(variables: dict[str, str]):
-    """os.environ with `variables` set, restored afterwards."""
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 def nodes(address: str | None, described=None) -> tuple[list[dict[str, float]], str]:

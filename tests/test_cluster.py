@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -49,23 +50,21 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
-    os.environ["RAY_TMPDIR"] = str(temp)  # Ray writes the cluster's address there, not in /tmp/ray where `auto` finds it
-    os.environ.pop("RAY_ADDRESS", None)
-    (temp / "ray").mkdir()
-    node = {"temp_dir": str(temp / "ray"), "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 1, "num_gpus": 0})
-    cluster.workers = [cluster.add_node(**node, num_cpus=4, num_gpus=2) for _ in range(2)]
-    cluster.wait_for_nodes()
-    try:
-        yield cluster
-    finally:
-        import ray
+    # Ray writes the cluster's address to RAY_TMPDIR, not to /tmp/ray where `auto` finds it
+    with mock.patch.dict(os.environ, {"RAY_TMPDIR": str(temp)}):
+        os.environ.pop("RAY_ADDRESS", None)
+        (temp / "ray").mkdir()
+        node = {"temp_dir": str(temp / "ray"), "include_dashboard": False}
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 1, "num_gpus": 0})
+        cluster.workers = [cluster.add_node(**node, num_cpus=4, num_gpus=2) for _ in range(2)]
+        cluster.wait_for_nodes()
+        try:
+            yield cluster
+        finally:
+            import ray
 
-        ray.shutdown()
-        cluster.shutdown()
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            ray.shutdown()
+            cluster.shutdown()
 
 
 def _run(path: Path, cluster, uri: str, checkpoints: Path) -> subprocess.Popen:
