@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 from pathlib import Path
@@ -13,16 +14,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-@pytest.fixture
-def local_ray():
-    """A real local Ray instance for one test, started as `pipeline run` starts one, shut down afterwards."""
+@contextlib.contextmanager
+def local_ray_instance():
+    """A real local Ray instance, started as `pipeline run` starts one, shut down afterwards."""
     import ray
 
     from pipeline import schedule
 
     schedule.connect("local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray():
+    """A real local Ray instance for one test."""
+    with local_ray_instance():
+        yield
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
-from pipeline import nightly, schedule, track
+from pipeline import nightly, track
 from pipeline.__main__ import main
+from tests.conftest import local_ray_instance
 from tests.results_frames import sweep_frames
 
 # tiny-llama is random: untrained, it prefers one BoolQ answer for every question. A few steps
@@ -41,11 +41,8 @@ def _night(args: list[str]) -> int:
     shared Ray a night's cells would run in workers an earlier night warmed, whose resident set
     has grown (identical lora cells in one reused worker peaked at 993 to 1090 MB), which no real
     night sees."""
-    schedule.connect("local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray_instance():
         return main(args)
-    finally:
-        ray.shutdown()
 
 
 def test_planted_regression_fails_identical_rerun_passes(write_spec, tracking_uri, capsys, monkeypatch):
