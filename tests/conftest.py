@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import local_ray_instance
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-@contextlib.contextmanager
-def local_ray_instance():
-    """A real local Ray instance, started as `pipeline run` starts one, shut down afterwards."""
-    import ray
-
-    from pipeline import schedule
-
-    schedule.connect("local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture
@@ -61,19 +48,20 @@ def write_spec(tmp_path: Path):
     return write
 
 
-TINY_SWEEP = """
-name: tiny
-backbones: [tiny-llama]
-methods:
-  - name: none
-  - name: lora
-    hparams: {r: 4}
-tasks: [arc_easy]
-regimes:
-  - name: cs-32
-    tasks: [arc_easy, openbookqa]
-    n_examples: 32
-seeds: [1]
-train: {lr: 1.0e-3, micro_batch_size: 4, max_steps: 6, max_seq_len: 128}
-eval: {limit: 16, batch_size: 8}
-"""
+@pytest.fixture
+def eager_kernels(monkeypatch):
+    """Eager sinc kernels: compiling them costs more than these small shapes ever run."""
+    from adapters import elementwise
+
+    monkeypatch.setattr(elementwise, "COMPILE", False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The CI machine's 2 cores are shared; one intra-op thread avoids OpenMP oversubscription."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -54,19 +54,7 @@ NOT_IDENTITY_AT_INIT = {"prefix_tuning", "prompt_tuning"}  # random virtual toke
 NOT_MERGEABLE = {"prefix_tuning", "prompt_tuning", "adapter", "bitfit", "full", "none"}
 
 
-@pytest.fixture(autouse=True)
-def eager_kernels(monkeypatch):
-    """Eager sinc kernels: compiling them costs more than these small shapes ever run."""
-    monkeypatch.setattr(elementwise, "COMPILE", False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CI machine's 2 cores are shared; one intra-op thread avoids OpenMP oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("eager_kernels", "one_thread")
 
 
 @pytest.fixture(scope="module")

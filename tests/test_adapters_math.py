@@ -14,7 +14,8 @@ from adapters import analysis, dylora, elalora, elementwise, variants
 from adapters.elementwise import MergedElementwiseLinear, SincPhi, SinePhi, naive_delta
 from adapters.shift import ShiftModulation
 from jobs import backbones
-from tests.test_adapters import eager_kernels, one_thread  # noqa: F401 (autouse fixtures)
+
+pytestmark = pytest.mark.usefixtures("eager_kernels", "one_thread")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import claims
 from pipeline.published import load_results_csv
-from tests.results_frames import sweep_frames
+from tests.helpers import sweep_frames
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "claims"
 CLAIMS_DATA = Path(__file__).resolve().parents[2] / "shared" / "claims"

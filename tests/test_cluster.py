@@ -20,7 +20,7 @@ import pytest
 
 from pipeline import schedule, spec, track
 from pipeline.__main__ import main
-from tests.conftest import TINY_SWEEP
+from tests.helpers import TINY_SWEEP
 
 GPU_CELLS = (
     TINY_SWEEP.replace("  - name: none\n", "").replace("seeds: [1]", "seeds: [1, 2, 3, 4, 5]")

@@ -14,7 +14,7 @@ import pytest
 from dashboards.__main__ import report_url
 from pipeline import track
 from pipeline.__main__ import main
-from tests.conftest import TINY_SWEEP
+from tests.helpers import TINY_SWEEP
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

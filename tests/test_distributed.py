@@ -14,8 +14,7 @@ import pytest
 
 from pipeline import track
 from pipeline.schedule import rank_env
-from tests.conftest import TINY_SWEEP
-from tests.test_orchestration import _kill_group, _ray_worker_pids, _run_sweep, _wait_for_checkpoint
+from tests.helpers import TINY_SWEEP, kill_group, ray_worker_pids, run_sweep, wait_for_checkpoint
 
 ONE_LORA = TINY_SWEEP.replace("  - name: none\n", "").replace("max_steps: 6", "max_steps: 30").replace("limit: 16", "limit: 8")
 TWO_RANKS = ONE_LORA.replace("name: tiny", "name: ranks2") + "resources: {cpus: 1, processes: 2}\ncheckpoint_every: 5\nmax_retries: 1\n"
@@ -23,21 +22,21 @@ ONE_RANK = ONE_LORA.replace("name: tiny", "name: ranks1").replace("micro_batch_s
 
 
 def test_two_rank_cell_matches_one_process_and_resumes_after_a_rank_is_killed(write_spec, tracking_uri, tmp_path):
-    two = _run_sweep(write_spec(TWO_RANKS, "two.yaml"), tracking_uri, tmp_path / "ckpt")
+    two = run_sweep(write_spec(TWO_RANKS, "two.yaml"), tracking_uri, tmp_path / "ckpt")
     try:
-        _wait_for_checkpoint(tmp_path / "ckpt", two)
-        ranks = _ray_worker_pids(two, "_Rank")
+        wait_for_checkpoint(tmp_path / "ckpt", two)
+        ranks = ray_worker_pids(two, "_Rank")
         assert len(ranks) == 2
         os.kill(ranks[-1], signal.SIGKILL)
         out, err = two.communicate(timeout=300)
     finally:
-        _kill_group(two)
+        kill_group(two)
     assert two.returncode == 0, err[-3000:]
-    one = _run_sweep(write_spec(ONE_RANK, "one.yaml"), tracking_uri, tmp_path / "ckpt1")
+    one = run_sweep(write_spec(ONE_RANK, "one.yaml"), tracking_uri, tmp_path / "ckpt1")
     try:
         _, err = one.communicate(timeout=300)
     finally:
-        _kill_group(one)
+        kill_group(one)
     assert one.returncode == 0, err[-3000:]
 
     failed, resumed = sorted(track.cell_runs(tracking_uri, "ranks2", status=None), key=lambda r: r.info.start_time)

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import spec, track
 from pipeline.__main__ import main
-from tests.conftest import TINY_SWEEP
+from tests.helpers import TINY_SWEEP
 
 
 def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_uri, local_ray, capsys):

@@ -102,7 +102,7 @@ def test_glue_sweeps_that_cannot_run_are_rejected_in_one_line(edit, message, wri
 
 
 def test_encoder_backbone_on_commonsense_is_rejected(write_spec):
-    from tests.conftest import TINY_SWEEP
+    from tests.helpers import TINY_SWEEP
 
     with pytest.raises(spec.SpecError, match="'tiny-bert' is an encoder"):
         spec.load(write_spec(TINY_SWEEP.replace("[tiny-llama]", "[tiny-bert]")))

@@ -20,7 +20,7 @@ import psutil
 
 from jobs.train import free_port
 from pipeline import spec, track
-from tests.conftest import TINY_SWEEP
+from tests.helpers import TINY_SWEEP
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import nightly, track
 from pipeline.__main__ import main
-from tests.conftest import local_ray_instance
-from tests.results_frames import sweep_frames
+from tests.helpers import local_ray_instance
+from tests.helpers import sweep_frames
 
 # tiny-llama is random: untrained, it prefers one BoolQ answer for every question. A few steps
 # at a large rate teach it the label prior, so trained and untrained LoRA disagree on most items.

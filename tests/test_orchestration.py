@@ -16,22 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from jobs import tasks
 from pipeline import spec, track
-from tests.conftest import TINY_SWEEP
+from tests.helpers import TINY_SWEEP
 
 # One LoRA cell, long enough (40 steps, a checkpoint every 5) to be killed in the middle.
 LONG = TINY_SWEEP.replace("  - name: none\n", "").replace("max_steps: 6", "max_steps: 40").replace("limit: 16", "limit: 8") + "checkpoint_every: 5\n"
-
-
-def _wait_for_checkpoint(directory: Path, proc: subprocess.Popen, timeout: float = 180) -> int:
-    """Block until `directory` holds a checkpoint; return its step."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        latest = next(directory.glob("*/latest"), None)
-        if latest is not None and latest.read_text().strip():
-            return int(latest.read_text().strip().removeprefix("step"))
-        assert proc.poll() is None, f"process ended (rc {proc.returncode}) before writing a checkpoint"
-        time.sleep(0.02)
-    raise TimeoutError(f"no checkpoint in {directory} after {timeout} s")
 
 
 def _history(uri: str, run) -> list[float]:
@@ -54,7 +42,7 @@ def test_killed_cell_resumes_and_ends_as_an_uninterrupted_run(write_spec, tracki
     command = [sys.executable, "-m", "jobs.train", str(cell_json), "--tracking-uri", tracking_uri]
 
     killed = subprocess.Popen(command + ["--checkpoint-dir", str(tmp_path / "ckpt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    step = _wait_for_checkpoint(tmp_path / "ckpt", killed)
+    step = wait_for_checkpoint(tmp_path / "ckpt", killed)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL and 0 < step < 40
     resumed = subprocess.run(command + ["--checkpoint-dir", str(tmp_path / "ckpt")], capture_output=True, text=True)
@@ -74,37 +62,16 @@ def test_killed_cell_resumes_and_ends_as_an_uninterrupted_run(write_spec, tracki
         assert first_resumed.data.metrics[metric] == pytest.approx(uninterrupted.data.metrics[metric], rel=1e-5), metric
 
 
-def _run_sweep(path: Path, uri: str, checkpoints: Path) -> subprocess.Popen:
-    """`python -m pipeline run` in its own process group (its local Ray with it), 2 CPUs."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "pipeline", "run", str(path), "--tracking-uri", uri, "--checkpoint-dir", str(checkpoints)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-
-
-def _ray_worker_pids(proc: subprocess.Popen, task: str = "run_cell") -> list[int]:
-    """Ray worker processes running `task` (a cell, or `_Rank` actors), among the sweep's descendants."""
-    import psutil
-
-    workers = []
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            if " ".join(child.cmdline()).startswith(f"ray::{task}"):
-                workers.append(child.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return workers
-
-
 def test_killed_worker_is_recorded_failed_and_retried_from_its_checkpoint(write_spec, tracking_uri, tmp_path):
     path = write_spec(LONG + "max_retries: 1\n")
-    sweep = _run_sweep(path, tracking_uri, tmp_path / "ckpt")
+    sweep = run_sweep(path, tracking_uri, tmp_path / "ckpt")
     try:
-        _wait_for_checkpoint(tmp_path / "ckpt", sweep)
-        [worker] = _ray_worker_pids(sweep)
+        wait_for_checkpoint(tmp_path / "ckpt", sweep)
+        [worker] = ray_worker_pids(sweep)
         os.kill(worker, signal.SIGKILL)
         out, err = sweep.communicate(timeout=300)
     finally:
-        _kill_group(sweep)
+        kill_group(sweep)
     assert sweep.returncode == 0, err[-3000:]
     assert "| lora" in out
     runs = track.cell_runs(tracking_uri, "tiny", status=None)
@@ -113,14 +80,6 @@ def test_killed_worker_is_recorded_failed_and_retried_from_its_checkpoint(write_
     assert failed.data.tags["error"].startswith("worker died")
     assert finished.data.metrics["train/resumed_from_step"] > 0
     assert len(track.metric_history(tracking_uri, finished.info.run_id, "train/loss")) == 40
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def test_killed_driver_then_rerun_finishes_every_cell_once_beside_a_concurrent_sweep(write_spec, tracking_uri, tmp_path, capfd):
@@ -133,9 +92,9 @@ def test_killed_driver_then_rerun_finishes_every_cell_once_beside_a_concurrent_s
 
     killed_spec = write_spec(LONG.replace("methods:\n", "methods:\n  - name: none\n"), "killed.yaml")
     other_spec = write_spec(TINY_SWEEP.replace("name: tiny", "name: other").replace("limit: 16", "limit: 8"), "other.yaml")
-    killed, other = _run_sweep(killed_spec, tracking_uri, tmp_path / "ckpt"), _run_sweep(other_spec, tracking_uri, tmp_path / "ckpt")
+    killed, other = run_sweep(killed_spec, tracking_uri, tmp_path / "ckpt"), run_sweep(other_spec, tracking_uri, tmp_path / "ckpt")
     try:
-        _wait_for_checkpoint(tmp_path / "ckpt", killed)
+        wait_for_checkpoint(tmp_path / "ckpt", killed)
         ray_processes = psutil.Process(killed.pid).children(recursive=True)
         killed.send_signal(signal.SIGKILL)
         assert killed.wait() == -signal.SIGKILL
@@ -143,12 +102,12 @@ def test_killed_driver_then_rerun_finishes_every_cell_once_beside_a_concurrent_s
         out, err = other.communicate(timeout=300)
         assert other.returncode == 0, err[-3000:]
     finally:
-        _kill_group(killed)
-        _kill_group(other)
+        kill_group(killed)
+        kill_group(other)
 
-    rerun = _run_sweep(killed_spec, tracking_uri, tmp_path / "ckpt")
+    rerun = run_sweep(killed_spec, tracking_uri, tmp_path / "ckpt")
     out, err = rerun.communicate(timeout=300)
-    _kill_group(rerun)
+    kill_group(rerun)
     assert rerun.returncode == 0, err[-3000:]
     assert "| none" in out and "| lora" in out
 

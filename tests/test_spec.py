@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import spec
 from pipeline.__main__ import main
-from tests.conftest import TINY_SWEEP
+from tests.helpers import TINY_SWEEP
 
 
 def test_expansion_is_the_full_product(write_spec):

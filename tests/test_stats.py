@@ -10,7 +10,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from pipeline import stats
-from tests.results_frames import sweep_frames
+from tests.helpers import sweep_frames
 
 A = np.array([71.2, 69.8, 70.5, 72.0, 70.1])
 B = np.array([69.9, 69.5, 68.7, 70.4, 69.8])

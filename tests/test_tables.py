@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import tables
 from pipeline.published import load_results_csv
-from tests.results_frames import sweep_frames
+from tests.helpers import sweep_frames
 
 CLAIMS = Path(__file__).resolve().parents[2] / "shared" / "claims"
 needs_claims = pytest.mark.skipif(not CLAIMS.is_dir(), reason=f"published tables not found at {CLAIMS}")

@@ -1,0 +1,36 @@
+"""run_key stability: stores in use skip finished cells by run_key, so no refactor may change one.
+
+The keys below were computed on main (94335eb) before the architecture change moved the Cell
+contract into jobs/; every later change must give the same keys for the same sweep files.
+"""
+
+import hashlib
+
+import pytest
+
+from pipeline import spec
+from tests.helpers import TINY_SWEEP
+
+
+def _keys(path) -> list[str]:
+    return [f"{c.label}/{c.regime.name}/{c.regime.tasks[0]}/s{c.seed}={c.run_key}" for c in spec.expand_all(spec.load_all(path))]
+
+
+@pytest.mark.parametrize(
+    "path, n_cells, digest",
+    [("configs/quickstart.yaml", 6, "0bb107ea3caa68cc"), ("configs/nightly.yaml", 63, "b93a0f7fe887f235"), ("configs/glue.yaml", 30, "a16465f009f191d4")],
+)
+def test_shipped_sweeps_keep_their_run_keys(path, n_cells, digest):
+    keys = _keys(path)
+    assert len(keys) == n_cells
+    assert hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16] == digest
+
+
+def test_tiny_and_grid_sweeps_keep_their_run_keys(write_spec):
+    assert _keys(write_spec(TINY_SWEEP)) == ["none/cs-32/arc_easy/s1=bc95156e995e801d", "lora/cs-32/arc_easy/s1=505b56a47ff55154"]
+    grid = TINY_SWEEP.replace("hparams: {r: 4}", "hparams: {r: [4, 8]}")
+    assert _keys(write_spec(grid)) == [
+        "none/cs-32/arc_easy/s1=bc95156e995e801d",
+        "lora(r=4)/cs-32/arc_easy/s1=505b56a47ff55154",
+        "lora(r=8)/cs-32/arc_easy/s1=58f3c67a8bf97f6b",
+    ]
