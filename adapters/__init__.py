@@ -1,9 +1,12 @@
 """PEFT methods by name: `available()` lists them, `apply(model, method, **hparams)` builds one.
 
-Each method is a builder registered in `adapters.registry`; the modules imported below hold
-the builders (one module per method family). Methods that `peft` implements are thin config
-builders over `peft`; the rest are our own small modules (LoRA-shaped ones as peft LoRA
-variants, see `adapters.variants`).
+Two halves, so that checking a sweep file never imports torch:
+- `adapters.catalog` declares every method's hyperparameters as data (kinds, defaults, help,
+  checks); `available`, `hyperparameters` and `MethodError` come from it.
+- `adapters.registry` maps a name to its builder in a family module (one module per method
+  family; methods `peft` implements are thin config builders over it, our LoRA-shaped ones are
+  peft LoRA variants, see `adapters.variants`). It, and everything below that imports torch, is
+  loaded on first use of the names in `_WORKER`.
 
 The training loop's integration points:
 - `make_optimizer(model, method, lr, weight_decay, hparams)`: the optimizer to train with
@@ -17,13 +20,24 @@ Also: `adapters.analysis.analyze(model)` (stable rank, spectrum, φ curves, shif
 adapted module) and `python -m adapters.bench [--quick]` (time and memory against LoRA).
 """
 
-from adapters.registry import MethodError, after_backward, apply, available, describe, hyperparameters, make_optimizer
+import importlib
 
-# Importing a family module registers its methods.
-from adapters import basic, bottleneck, dylora, elalora, elementwise, nola, peft_methods, shift  # noqa: F401,E402
-from adapters.persist import load_adapter, save_adapter  # noqa: E402
+from adapters.catalog import MethodError, available, hyperparameters
 
-__all__ = [
-    "MethodError", "after_backward", "apply", "available", "describe", "hyperparameters", "load_adapter",
-    "make_optimizer", "save_adapter",
-]
+# The worker's names, imported from their module when first used (they import torch and peft).
+_WORKER = {
+    "apply": "adapters.registry",
+    "after_backward": "adapters.registry",
+    "describe": "adapters.registry",
+    "make_optimizer": "adapters.registry",
+    "save_adapter": "adapters.persist",
+    "load_adapter": "adapters.persist",
+}
+
+__all__ = ["MethodError", "available", "hyperparameters", *_WORKER]
+
+
+def __getattr__(name: str):
+    if name in _WORKER:
+        return getattr(importlib.import_module(_WORKER[name]), name)
+    raise AttributeError(f"module 'adapters' has no attribute {name!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from adapters.peft_methods import positive
 from adapters.registry import MethodError, register
 
 
@@ -35,13 +34,12 @@ class Bottleneck(nn.Module):
 
 
 @register("adapter")
-def build_adapter(model: nn.Module, bottleneck: int = 64, target_modules: tuple[str, ...] = ("o_proj", "down_proj", "output.dense")) -> nn.Module:
+def build_adapter(model: nn.Module, bottleneck: int, target_modules: tuple[str, ...]) -> nn.Module:
     """Houlsby adapters on the outputs of attention and FFN: the linears whose dotted path ends
     with one of `target_modules` (the defaults name them in LLaMA and in BERT-like encoders).
 
     Trainable parameters: Σ over wrapped linears (output width h) of 2·h·bottleneck + bottleneck + h.
     """
-    positive("adapter", bottleneck=bottleneck)
     model.requires_grad_(False)
     targets = [
         path for path, module in model.named_modules()

@@ -52,7 +52,7 @@ def _draw(model: nn.Module, step: int) -> int:
 
 @register("dylora")
 def build_dylora(
-    model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear"
+    model: nn.Module, r: int, lora_alpha: float, lora_dropout: float, target_modules: str | list[str]
 ) -> nn.Module:
     """DyLoRA: ΔW = (α/b)·B[:, :b]·A[:b], b ~ U{1..r} per training step, b = r at evaluation.
 

@@ -18,8 +18,7 @@ import torch
 import torch.nn as nn
 
 from adapters import variants, zero
-from adapters.peft_methods import positive
-from adapters.registry import MethodError, register, register_after_backward
+from adapters.registry import register, register_after_backward
 
 
 class RankGate(nn.Module):
@@ -60,25 +59,22 @@ variants.VARIANTS["elalora"] = ElaVariant
 @register("elalora")
 def build_elalora(
     model: nn.Module,
-    init_r: int = 8,
-    max_r: int = 12,
-    lora_alpha: float = 16,
-    lora_dropout: float = 0.0,
-    target_modules: str | list[str] = "all-linear",
-    k: int = 2,
-    interval: int = 10,
-    t_init: float = 0.1,
-    t_final: float = 0.2,
-    beta: float = 0.85,
+    init_r: int,
+    max_r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    target_modules: str | list[str],
+    k: int,
+    interval: int,
+    t_init: float,
+    t_final: float,
+    beta: float,
 ) -> nn.Module:
     """ElaLoRA: ΔW = (α/max_r)·P diag(λ ⊙ m) Q, init_r of max_r ranks active, λ = 0 at init.
 
     The loop must call `adapters.after_backward` every step (importance, prune and expand).
     Trainable parameters: Σ max_r·(d_in + d_out + 1) (inactive slots stay parameters).
     """
-    positive("elalora", init_r=init_r, max_r=max_r, k=k, interval=interval)
-    if init_r > max_r:
-        raise MethodError(f"method 'elalora': init_r ({init_r}) must not exceed max_r ({max_r})")
     options = dict(init_r=init_r, k=k, interval=interval, t_init=t_init, t_final=t_final, beta=beta)
     return variants.build(model, "elalora", options, max_r, lora_alpha, lora_dropout, target_modules)
 

@@ -43,8 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adapters import variants
-from adapters.peft_methods import positive
-from adapters.registry import MethodError, register
+from adapters.registry import register
 
 BLOCK_ELEMENTS = 2**18  # elements of one row block of Z (forward; GEMMs of the backward)
 GRAD_CHUNK_ELEMENTS = 2**13  # torch path: elements per sin/cos buffer of the backward (2 × G × this floats)
@@ -445,23 +444,18 @@ for _name in ("lr_lora", "lr_lora_fixed", "sine_lora"):
     variants.VARIANTS[_name] = ElementwiseVariant
 
 
-def _check_choice(method: str, name: str, value, choices) -> None:
-    if value not in choices:
-        raise MethodError(f"method {method!r}: {name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-
 @register("lr_lora")
 def build_lr_lora(
     model: nn.Module,
-    r: int = 16,
-    lora_alpha: float | None = None,
-    lora_dropout: float = 0.05,
-    target_modules: str | list[str] = "all-linear",
-    grid_size: int = 50,
-    grid_limit: float = 3.0,
-    scale_position: str = "inside",
-    residual: bool = False,
-    reading: str = "paper",
+    r: int,
+    lora_alpha: float | None,
+    lora_dropout: float,
+    target_modules: str | list[str],
+    grid_size: int,
+    grid_limit: float,
+    scale_position: str,
+    residual: bool,
+    reading: str,
 ) -> nn.Module:
     """LR-LoRA, paper-exact by default: ΔW = φ(s·B·A), φ(z) = Σ_g a_g sinc(b_g(z − c_g)), a = 0 at init.
 
@@ -470,11 +464,6 @@ def build_lr_lora(
     merged GEMM.
     Trainable parameters: Σ over adapted linears (d_out × d_in) of r·(d_in + d_out) + 2·grid_size.
     """
-    _check_choice("lr_lora", "scale_position", scale_position, ("inside", "outside"))
-    _check_choice("lr_lora", "reading", reading, ("paper", "fixed"))
-    positive("lr_lora", grid_size=grid_size, grid_limit=grid_limit)
-    if reading == "fixed" and (residual or scale_position != "inside"):
-        raise MethodError("method 'lr_lora_fixed': residual and scale_position belong to the paper reading")
     options = dict(grid_size=grid_size, grid_limit=grid_limit, scale_position=scale_position, residual=residual, reading=reading)
     name = "lr_lora_fixed" if reading == "fixed" else "lr_lora"
     return variants.build(model, name, options, r, lora_alpha or r, lora_dropout, target_modules)
@@ -483,12 +472,12 @@ def build_lr_lora(
 @register("lr_lora_fixed")
 def build_lr_lora_fixed(
     model: nn.Module,
-    r: int = 16,
-    lora_alpha: float | None = None,
-    lora_dropout: float = 0.05,
-    target_modules: str | list[str] = "all-linear",
-    grid_size: int = 50,
-    grid_limit: float = 3.0,
+    r: int,
+    lora_alpha: float | None,
+    lora_dropout: float,
+    target_modules: str | list[str],
+    grid_size: int,
+    grid_limit: float,
 ) -> nn.Module:
     """LR-LoRA, corrected reading: ΔW = ρ·(f(s·Z/ρ) − f(0)), ρ = RMS(s·Z) (detached, floored).
 
@@ -496,21 +485,20 @@ def build_lr_lora_fixed(
     update (zero, since B = 0) and B, A get LoRA's gradients from step 0.
     Trainable parameters: Σ over adapted linears (d_out × d_in) of r·(d_in + d_out) + 2·grid_size.
     """
-    return build_lr_lora(model, r, lora_alpha, lora_dropout, target_modules, grid_size, grid_limit, reading="fixed")
+    return build_lr_lora(model, r, lora_alpha, lora_dropout, target_modules, grid_size, grid_limit, "inside", False, "fixed")
 
 
 @register("sine_lora")
 def build_sine_lora(
     model: nn.Module,
-    omega: float = 200.0,
-    r: int = 8,
-    lora_alpha: float = 16,
-    lora_dropout: float = 0.0,
-    target_modules: str | list[str] = "all-linear",
+    omega: float,
+    r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    target_modules: str | list[str],
 ) -> nn.Module:
     """SineLoRA (Ji et al. 2025): ΔW = s·sin(ω·B·A)/√d_in, B = 0 at init. Sweep ω (no safe default).
 
     Trainable parameters: Σ over adapted linears (d_out × d_in) of r·(d_in + d_out).
     """
-    positive("sine_lora", omega=omega)
     return variants.build(model, "sine_lora", {"omega": omega}, r, lora_alpha, lora_dropout, target_modules)

@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adapters import variants
-from adapters.peft_methods import positive
 from adapters.registry import register
 
 
@@ -62,19 +61,18 @@ variants.VARIANTS["nola"] = NolaVariant
 @register("nola")
 def build_nola(
     model: nn.Module,
-    r: int = 8,
-    lora_alpha: float = 16,
-    lora_dropout: float = 0.0,
-    target_modules: str | list[str] = "all-linear",
-    num_basis_a: int = 64,
-    num_basis_b: int = 64,
-    seed: int = 0,
+    r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    target_modules: str | list[str],
+    num_basis_a: int,
+    num_basis_b: int,
+    seed: int,
 ) -> nn.Module:
     """NoLA: ΔW = s·(Σ β_j B_j)(Σ α_i A_i) over seeded frozen random bases; β = 0 at init.
 
     The bases cost num_basis·r·(d_in or d_out) floats of memory per adapted linear, not trained.
     Trainable parameters: (num_basis_a + num_basis_b) per adapted linear.
     """
-    positive("nola", num_basis_a=num_basis_a, num_basis_b=num_basis_b)
     options = dict(num_basis_a=num_basis_a, num_basis_b=num_basis_b, seed=seed)
     return variants.build(model, "nola", options, r, lora_alpha, lora_dropout, target_modules)

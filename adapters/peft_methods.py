@@ -14,7 +14,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.utils.integrations import dequantize_bnb_weight as bnb_dequantize
 
 from adapters import zero
-from adapters.registry import MethodError, register, register_after_backward, register_optimizer
+from adapters.registry import register, register_after_backward, register_optimizer
 
 
 def task_type(model: nn.Module) -> peft.TaskType | None:
@@ -27,14 +27,7 @@ def task_type(model: nn.Module) -> peft.TaskType | None:
     return None
 
 
-def positive(method: str, **values) -> None:
-    for key, value in values.items():
-        if value is None or value <= 0:
-            raise MethodError(f"method {method!r}: {key} must be positive, got {value!r}")
-
-
 def _lora(model, method, r, lora_alpha, lora_dropout, target_modules, custom_modules=None, **settings) -> peft.PeftModel:
-    positive(method, r=r, lora_alpha=lora_alpha)
     config = peft.LoraConfig(
         r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, task_type=task_type(model), **settings
     )
@@ -44,7 +37,7 @@ def _lora(model, method, r, lora_alpha, lora_dropout, target_modules, custom_mod
 
 
 @register("lora")
-def build_lora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+def build_lora(model: nn.Module, r: int, lora_alpha: float, lora_dropout: float, target_modules: str | list[str]) -> nn.Module:
     """LoRA (Hu et al. 2022): ΔW = (α/r)·B·A, B zero at init.
 
     Trainable parameters: Σ r·(d_in + d_out).
@@ -53,7 +46,7 @@ def build_lora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropou
 
 
 @register("rslora")
-def build_rslora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+def build_rslora(model: nn.Module, r: int, lora_alpha: float, lora_dropout: float, target_modules: str | list[str]) -> nn.Module:
     """rsLoRA (Kalajdzievski 2023): LoRA with scale α/√r, stable across ranks.
 
     Trainable parameters: Σ r·(d_in + d_out).
@@ -62,7 +55,7 @@ def build_rslora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_drop
 
 
 @register("dora")
-def build_dora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+def build_dora(model: nn.Module, r: int, lora_alpha: float, lora_dropout: float, target_modules: str | list[str]) -> nn.Module:
     """DoRA (Liu et al. 2024): W = m ⊙ (W0 + sBA)/‖W0 + sBA‖_row, m initialised to ‖W0‖_row.
 
     Trainable parameters: Σ r·(d_in + d_out) + d_out (the magnitude vector).
@@ -71,7 +64,7 @@ def build_dora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropou
 
 
 @register("pissa")
-def build_pissa(model: nn.Module, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+def build_pissa(model: nn.Module, r: int, lora_alpha: float, lora_dropout: float, target_modules: str | list[str]) -> nn.Module:
     """PiSSA (Meng et al. 2024): B·A start as W0's top-r singular part, W0 keeps the residual.
 
     lora_alpha defaults to r (s = 1, as in the paper). The adapted model equals the base model at
@@ -83,22 +76,21 @@ def build_pissa(model: nn.Module, r: int = 8, lora_alpha: float = 8, lora_dropou
 @register("loraplus")
 def build_loraplus(
     model: nn.Module,
-    r: int = 8,
-    lora_alpha: float = 16,
-    lora_dropout: float = 0.0,
-    target_modules: str | list[str] = "all-linear",
-    loraplus_lr_ratio: float = 16.0,
+    r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    target_modules: str | list[str],
+    loraplus_lr_ratio: float,
 ) -> nn.Module:
     """LoRA+ (Hayou et al. 2024): LoRA whose B learns loraplus_lr_ratio× faster than A (see the optimizer).
 
     Trainable parameters: Σ r·(d_in + d_out).
     """
-    positive("loraplus", loraplus_lr_ratio=loraplus_lr_ratio)
     return _lora(model, "loraplus", r, lora_alpha, lora_dropout, target_modules)
 
 
 @register_optimizer("loraplus")
-def loraplus_optimizer(model, lr: float, weight_decay: float, loraplus_lr_ratio: float = 16.0, **_) -> torch.optim.Optimizer:
+def loraplus_optimizer(model, lr: float, weight_decay: float, loraplus_lr_ratio: float, **_) -> torch.optim.Optimizer:
     """peft's LoRA+ parameter groups (B at lr × ratio) under AdamW, without its empty groups
     (DeepSpeed drops empty groups, which would desynchronise the LR schedule from the optimizer)."""
     from peft.optimizers import create_loraplus_optimizer
@@ -111,13 +103,12 @@ def loraplus_optimizer(model, lr: float, weight_decay: float, loraplus_lr_ratio:
 
 @register("vera")
 def build_vera(
-    model: nn.Module, r: int = 256, d_initial: float = 0.1, vera_dropout: float = 0.0, target_modules: str | list[str] = "all-linear", projection_prng_key: int = 0
+    model: nn.Module, r: int, d_initial: float, vera_dropout: float, target_modules: str | list[str], projection_prng_key: int
 ) -> nn.Module:
     """VeRA (Kopiczko et al. 2024): ΔW = Λ_b B Λ_d A, A and B frozen shared random, λ_b = 0 at init.
 
     Trainable parameters: Σ (d_out + r) (λ_b and λ_d per adapted linear).
     """
-    positive("vera", r=r, d_initial=d_initial)
     config = peft.VeraConfig(
         r=r, d_initial=d_initial, vera_dropout=vera_dropout, target_modules=target_modules,
         projection_prng_key=projection_prng_key, task_type=task_type(model),
@@ -128,18 +119,17 @@ def build_vera(
 @register("randlora")
 def build_randlora(
     model: nn.Module,
-    r: int = 32,
-    randlora_alpha: float = 640,
-    randlora_dropout: float = 0.0,
-    target_modules: str | list[str] = "all-linear",
-    projection_prng_key: int = 0,
+    r: int,
+    randlora_alpha: float,
+    randlora_dropout: float,
+    target_modules: str | list[str],
+    projection_prng_key: int,
 ) -> nn.Module:
     """RandLoRA (Albert et al. 2025): ΔW = Σ_n B_n Λ_n A Γ_n over N = ⌈min(d)/r⌉ frozen random bases.
 
     peft scales by α/r; the reference code by α/r/√N: α values do not transfer between them.
     Trainable parameters: Σ N·(r + min(d_in, d_out)) with N = ⌈min(d_in, d_out)/r⌉ (Λ and Γ).
     """
-    positive("randlora", r=r, randlora_alpha=randlora_alpha)
     config = peft.RandLoraConfig(
         r=r, randlora_alpha=randlora_alpha, randlora_dropout=randlora_dropout, target_modules=target_modules,
         projection_prng_key=projection_prng_key, task_type=task_type(model),
@@ -150,15 +140,15 @@ def build_randlora(
 @register("adalora")
 def build_adalora(
     model: nn.Module,
-    init_r: int = 12,
-    target_r: int = 8,
-    lora_alpha: float = 32,
-    lora_dropout: float = 0.0,
-    target_modules: str | list[str] = "all-linear",
-    total_step: int = 1000,
-    tinit: int = 0,
-    tfinal: int = 0,
-    deltaT: int = 1,
+    init_r: int,
+    target_r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    target_modules: str | list[str],
+    total_step: int,
+    tinit: int,
+    tfinal: int,
+    deltaT: int,
 ) -> nn.Module:
     """AdaLoRA (Zhang et al. 2023): ΔW = P Λ Q with SVD-style budgeting of ranks during training.
 
@@ -166,9 +156,6 @@ def build_adalora(
     sets `total_step` to the loop's real step count). ΔW = 0 at init (Λ = 0).
     Trainable parameters at init: Σ init_r·(d_in + d_out + 1).
     """
-    positive("adalora", init_r=init_r, target_r=target_r, total_step=total_step)
-    if target_r > init_r:
-        raise MethodError(f"method 'adalora': target_r ({target_r}) must not exceed init_r ({init_r})")
     config = peft.AdaLoraConfig(
         init_r=init_r, target_r=target_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
         total_step=total_step, tinit=tinit, tfinal=tfinal, deltaT=deltaT, task_type=task_type(model),
@@ -211,7 +198,7 @@ def adalora_optimizer(model, lr: float, weight_decay: float, **_) -> torch.optim
 
 
 @register("ia3")
-def build_ia3(model: nn.Module, target_modules: list[str] | None = None, feedforward_modules: list[str] | None = None) -> nn.Module:
+def build_ia3(model: nn.Module, target_modules: list[str] | None, feedforward_modules: list[str] | None) -> nn.Module:
     """IA3 (Liu et al. 2022): learned vectors that rescale keys, values and the FFN input, ones at init.
 
     Trainable parameters: Σ d_out (attention targets) or d_in (feed-forward targets).
@@ -222,29 +209,27 @@ def build_ia3(model: nn.Module, target_modules: list[str] | None = None, feedfor
 
 
 @register("prefix_tuning")
-def build_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 10) -> nn.Module:
+def build_prefix_tuning(model: nn.Module, num_virtual_tokens: int) -> nn.Module:
     """Prefix tuning (Li & Liang 2021): trained key/value prefixes for every layer.
 
     Not the identity at init (the prefixes are random), and not mergeable.
     Trainable parameters: num_virtual_tokens · n_layers · 2 · (n_kv_heads · head_dim).
     """
-    positive("prefix_tuning", num_virtual_tokens=num_virtual_tokens)
     return peft.get_peft_model(model, peft.PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=task_type(model)))
 
 
 @register("prompt_tuning")
-def build_prompt_tuning(model: nn.Module, num_virtual_tokens: int = 10) -> nn.Module:
+def build_prompt_tuning(model: nn.Module, num_virtual_tokens: int) -> nn.Module:
     """Prompt tuning (Lester et al. 2021): trained input embeddings prepended to every sequence.
 
     Not the identity at init (the prompt is random), and not mergeable.
     Trainable parameters: num_virtual_tokens · hidden_size.
     """
-    positive("prompt_tuning", num_virtual_tokens=num_virtual_tokens)
     return peft.get_peft_model(model, peft.PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=task_type(model)))
 
 
 @register("qlora")
-def build_qlora(model: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear") -> nn.Module:
+def build_qlora(model: nn.Module, r: int, lora_alpha: float, lora_dropout: float, target_modules: str | list[str]) -> nn.Module:
     """QLoRA (Dettmers et al. 2023): LoRA over a frozen NF4 base (bitsandbytes, runs on CPU).
 
     Every linear layer but the output head is quantised to NF4 (block 64, fp32 compute) in

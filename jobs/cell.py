@@ -22,11 +22,9 @@ from pathlib import Path
 import torch
 
 import adapters
-from jobs import backbones, diagnostics, glue, memory, tasks
-from jobs.evaluate import evaluate
+from jobs import backbones, diagnostics, families, memory, tracking
+from jobs.contract import Cell
 from jobs.train import train
-from pipeline import track
-from pipeline.spec import Cell
 
 
 @dataclass
@@ -57,7 +55,7 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
     run_id = None
     _reset_peak_memory()
     try:
-        with track.cell_run(tracking_uri, cell, parent_run_id, _placement()) as run:
+        with tracking.cell_run(tracking_uri, cell, parent_run_id, _placement()) as run:
             run_id = run.run_id
             metrics = _train_and_score(cell, run, checkpoints)
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -93,41 +91,30 @@ def _train_other_rank(cell: Cell, checkpoints: Path) -> JobResult:
         return JobResult(cell.run_key, "FAILED", error=f"rank {os.environ['RANK']}: {type(err).__name__}: {err}")
 
 
-def _head_task(cell: Cell) -> str | None:
-    """The GLUE task whose classifier head this cell trains (spec.expand gives each its own cell)."""
-    return cell.regime.tasks[0] if glue.is_glue(cell.regime.tasks[0]) else None
-
-
 def _adapted(cell: Cell) -> tuple[torch.nn.Module, object, int, int]:
     """(backbone with the method applied, tokenizer, trainable parameters, backbone parameters)."""
-    head_task = _head_task(cell)
+    family = families.of_regime(cell.regime)
     torch.manual_seed(cell.seed)  # a new classifier head is initialised from the cell's seed
-    model, tokenizer = backbones.load(cell.backbone, glue.num_labels(head_task) if head_task else None)
+    model, tokenizer = backbones.load(cell.backbone, family.num_labels(cell.regime))
     total = sum(p.numel() for p in model.parameters())
     model = adapters.apply(model, cell.method, **cell.hparams)
-    if head_task:
-        glue.train_head(model)
+    family.prepare(model)
     return model, tokenizer, sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
 def _train(cell: Cell, model, tokenizer, checkpoints: Path, on_step):
-    n = None if cell.regime.n_examples == "full" else cell.regime.n_examples
-    head_task = _head_task(cell)
-    if head_task:
-        examples = glue.training_examples(head_task, n, cell.regime.sample_seed, tasks.data_dir())
-    else:
-        examples = tasks.training_examples(cell.regime.tasks, n, cell.regime.sample_seed, tasks.data_dir())
+    family = families.of_regime(cell.regime)
+    examples = family.training_examples(cell.regime, families.data_dir())
     return train(
-        model, tokenizer, examples, cell.train, cell.seed, on_step=on_step, method=cell.method, hparams=cell.hparams,
-        checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
+        model, tokenizer, family.encode(examples, tokenizer, cell.train.max_seq_len), cell.train, cell.seed, on_step=on_step,
+        method=cell.method, hparams=cell.hparams, checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
     )
 
 
-def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[str, float]:
-    head_task = _head_task(cell)
+def _train_and_score(cell: Cell, run: tracking.CellRun, checkpoints: Path) -> dict[str, float]:
+    family = families.of_regime(cell.regime)
     model, tokenizer, trainable, total = _adapted(cell)
     metrics = {"params/trainable": trainable, "params/backbone": total, "params/trainable_pct": 100 * trainable / total}
-    data_dir = tasks.data_dir()
 
     if trainable:
         model, result = _train(cell, model, tokenizer, checkpoints, _step_logger(run, model))
@@ -142,33 +129,26 @@ def _train_and_score(cell: Cell, run: track.CellRun, checkpoints: Path) -> dict[
             }
         )
         _log_diagnostics(run, model, result.steps, "final")
-        if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
-            with run.scratch_dir() as tmp:
-                model.save_pretrained(tmp)
-                run.log_dir(tmp, "adapter")
+        with run.scratch_dir() as tmp:  # the trained state, loadable with adapters.load_adapter
+            adapters.save_adapter(model, tmp)
+            run.log_dir(tmp, "adapter")
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()  # score the plain merged model: no adapter overhead
     run.set_tag("peak_mem_source", "cuda_max_allocated" if torch.cuda.is_available() else "process_peak_rss")
 
-    if head_task:
-        scores = glue.evaluate(model, tokenizer, cell.tasks, data_dir, cell.eval.limit, cell.eval.batch_size, cell.train.max_seq_len)
-    else:
-        scores = evaluate(model, tokenizer, cell.tasks, data_dir, cell.eval.limit, cell.eval.batch_size)
+    scores = family.evaluate(model, tokenizer, cell.tasks, families.data_dir(), cell.eval, cell.train.max_seq_len)
     for task, values in scores.metrics.items():
         metrics.update({f"{task}/{name}": value for name, value in values.items()})
-    if head_task:  # each task's headline metric (acc, mcc or pearson), averaged as GLUE tables do
-        metrics["avg/score"] = sum(v[glue.TASKS[t].metrics[0]] for t, v in scores.metrics.items()) / len(scores.metrics)
-    else:
-        metrics["avg/acc"] = sum(v["acc"] for v in scores.metrics.values()) / len(scores.metrics)
+    metrics[family.average_metric] = sum(v[family.headline(t)] for t, v in scores.metrics.items()) / len(scores.metrics)
     run.log_metrics(metrics)
     for task, rows in scores.samples.items():
         run.log_text("\n".join(json.dumps(r) for r in rows) + "\n", f"eval/samples_{task}.jsonl")
     run.log_table([{"task": task, **r} for task, rows in scores.samples.items() for r in rows], "eval/items.json")
-    run.log_text(json.dumps(scores.raw, indent=1, default=str), "eval/glue_results.json" if head_task else "eval/lm_eval_results.json")
+    run.log_text(json.dumps(scores.raw, indent=1, default=str), family.raw_artifact)
     return metrics
 
 
-def _step_logger(run: track.CellRun, model: torch.nn.Module):
+def _step_logger(run: tracking.CellRun, model: torch.nn.Module):
     """Log the loss of every step, and the φ curves / shift maps after the first step and at
     mid-training (`analysis/early.json`, `analysis/middle.json`). Steps replayed from a
     checkpoint log their loss only: the weights in memory are no longer theirs."""
@@ -185,7 +165,7 @@ def _step_logger(run: track.CellRun, model: torch.nn.Module):
     return on_step
 
 
-def _log_diagnostics(run: track.CellRun, model: torch.nn.Module, step: int, stage: str, curves_only: bool = False) -> None:
+def _log_diagnostics(run: tracking.CellRun, model: torch.nn.Module, step: int, stage: str, curves_only: bool = False) -> None:
     """The adapter's diagnostics (stable rank, spectrum, φ, shift map) as `analysis/<stage>.json`."""
     record = diagnostics.record(model, step, stage, curves_only)
     if any(len(entry) > 2 for entry in record["modules"]):  # more than module name and shape
@@ -254,6 +234,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--checkpoint-dir", default=None, help="checkpoints go to DIR/<run_key> (default: the cache dir)")
     args = parser.parse_args(argv)
     cell = Cell.model_validate_json(args.cell.read_text())
-    result = run_cell(cell, track.tracking_uri(args.tracking_uri), checkpoint_dir=args.checkpoint_dir)
+    result = run_cell(cell, tracking.tracking_uri(args.tracking_uri), checkpoint_dir=args.checkpoint_dir)
     print(json.dumps(result.__dict__, indent=1))
     sys.exit(0 if result.status == "FINISHED" else 1)

@@ -1,7 +1,7 @@
-"""The training recipe: examples -> tokens -> a DeepSpeed engine -> a plain loop.
+"""The training recipe: token rows -> a DeepSpeed engine -> a plain loop.
 
-Read it top to bottom: `train` sets up (seed, tokenise, optimizer, schedule, engine) and then
-runs one loop. The engine is DeepSpeed's on every device (gloo on CPU, NCCL on GPU), so CI
+Read it top to bottom: `train` sets up (seed, optimizer, schedule, engine) and then runs one
+loop. The rows come from the cell's task family (`Family.encode`); the loop never asks which. The engine is DeepSpeed's on every device (gloo on CPU, NCCL on GPU), so CI
 runs the code a cluster runs. `python -m jobs.train CELL.json` runs one whole cell without Ray.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import socket
 import shutil
 import tempfile
 import time
@@ -23,9 +22,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 import adapters
-from jobs import glue
-
-IGNORE = -100  # label value the loss skips: prompt tokens and padding
+from jobs.contract import IGNORE
 
 
 class DivergedError(RuntimeError):
@@ -45,29 +42,10 @@ class TrainResult:
         return self.train_tokens / self.seconds if self.seconds else 0.0
 
 
-def tokenize(examples: list[tuple[str, str]], tokenizer, max_len: int) -> list[dict[str, list[int]]]:
-    """Token ids with the loss on the answer only, split as lm-eval splits context/continuation.
-
-    The whole text is encoded once and the answer is what follows the context's own encoding
-    (lm-eval's `_encode_pair`), so token boundaries match what evaluation scores. Over-long
-    examples lose tokens from the left, never from the answer.
-    """
-    rows = []
-    for context, continuation in examples:
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:  # lm-eval moves trailing context whitespace into the continuation
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
-        n_context = len(tokenizer(context, add_special_tokens=False).input_ids)
-        labels = [IGNORE] * n_context + whole[n_context:]
-        rows.append({"input_ids": whole[-max_len:], "labels": labels[-max_len:]})
-    return rows
-
-
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch; padding is masked out of attention and loss.
 
-    Causal-LM rows carry per-token `labels`; classification rows (jobs.glue) carry one label
+    Causal-LM rows carry per-token `labels`; classification rows (the GLUE family) carry one label
     per row (an int class, or a float score for regression) and may carry `token_type_ids`.
     """
     width = max(len(r["input_ids"]) for r in rows)
@@ -112,13 +90,6 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
-def free_port(host: str) -> int:
-    """A TCP port nobody listens on right now, for a rendezvous on `host`."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -129,7 +100,7 @@ def seed_everything(seed: int) -> None:
 def train(
     model: torch.nn.Module,
     tokenizer,
-    examples: list[tuple[str, str]] | list[glue.Example],
+    rows: list[dict],
     args,
     seed: int,
     on_step: Callable[[int, float, int, bool], None] | None = None,
@@ -138,12 +109,12 @@ def train(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
-    """Train the trainable parameters of `model` on `examples`; returns (trained model, stats).
+    """Train the trainable parameters of `model` on token `rows`; returns (trained model, stats).
 
-    `examples` are (context, continuation) pairs for a causal LM, or `jobs.glue.Example`s for a
-    sequence classifier (the model computes the loss from the labels either way).
+    `rows` are what a task family's `encode` returns (`input_ids`, `labels`, maybe
+    `token_type_ids`); the model computes the loss from the labels either way.
 
-    `args` is a `pipeline.spec.TrainArgs`: lr, epochs or max_steps, micro_batch_size,
+    `args` is a `jobs.contract.TrainArgs`: lr, epochs or max_steps, micro_batch_size,
     grad_accum, warmup_ratio, weight_decay, max_seq_len, zero_stage, grad_clip.
     AdamW with linear warmup then linear decay, gradient clipping, everything seeded.
     `on_step(step, loss, total_steps, replayed)` is called after every step; on resume, first
@@ -155,8 +126,6 @@ def train(
     seed_everything(seed)
     init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    encode = glue.tokenize if examples and isinstance(examples[0], glue.Example) else tokenize
-    rows = encode(examples, tokenizer, args.max_seq_len)
     if len(rows) < args.micro_batch_size * world:
         raise ValueError(f"{len(rows)} training examples cannot fill one micro-batch of {args.micro_batch_size} on {world} ranks")
     per_step = args.micro_batch_size * args.grad_accum * world

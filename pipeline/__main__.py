@@ -43,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "nightly":
+        from pipeline import cluster, spec, track
         from pipeline import nightly as nightly_runner
-        from pipeline import schedule, spec, track
 
         uri = track.tracking_uri(args.tracking_uri)
         try:
             sweeps = spec.load_all(args.spec)
             for sweep in sweeps:
-                spec.check_resources(args.spec, sweep, *schedule.nodes(args.address))
+                spec.check_resources(args.spec, sweep, *cluster.nodes(args.address))
             ref = nightly_runner.reference(uri, sweeps[0].name, args.against)
         except ValueError as err:  # SpecError, NightlyError
             print(f"error: {err}", file=sys.stderr)
@@ -69,17 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "status":
-        from pipeline import sweep as sweep_runner
+        from pipeline import plan
 
-        return sweep_runner.status(args.sweep, args.tracking_uri)
+        return plan.status(args.sweep, args.tracking_uri)
 
-    from pipeline import schedule, spec
+    from pipeline import cluster, spec
 
     try:
         sweeps = spec.load_all(args.spec)  # a file may hold several sweeps of one name (configs/nightly.yaml)
-        cluster = schedule.nodes(args.address, None if args.command == "run" else sweeps[0].cluster)
+        nodes = cluster.nodes(args.address, None if args.command == "run" else sweeps[0].cluster)
         for sweep in sweeps:
-            spec.check_resources(args.spec, sweep, *cluster)
+            spec.check_resources(args.spec, sweep, *nodes)
     except spec.SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -87,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.spec}: ok, {len(spec.expand_all(sweeps))} cells")
         return 0
 
+    if args.command == "plan":
+        from pipeline import plan
+
+        return plan.plan(sweeps, args.tracking_uri, *nodes)
     from pipeline import sweep as sweep_runner
 
-    if args.command == "plan":
-        return sweep_runner.plan(sweeps, args.tracking_uri, *cluster)
     return sweep_runner.run(args.spec, args.address, args.tracking_uri, args.checkpoint_dir)
 
 

@@ -24,7 +24,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from pipeline import stats
-from pipeline.spec import Strict
+from jobs.contract import Strict
 from pipeline.stats import ALPHA, BLOCK, REPORTED_AVERAGE
 
 

@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections import Counter
 from unittest import mock
 
 import ray
-import torch
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
-from jobs import tasks
+from jobs import families
 from jobs.cell import JobResult, run_cell
-from jobs.train import free_port
 from pipeline import track
-from pipeline.spec import Cell, fits
+from jobs.contract import Cell
+from pipeline.cluster import demand
 
 
 def connect(address: str | None, **local) -> None:
@@ -51,8 +51,8 @@ def connect(address: str | None, **local) -> None:
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in ("PEFTBENCH_DATA", "PEFTBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if k in os.environ}
-    if tasks.data_dir():
-        env["PEFTBENCH_DATA"] = str(tasks.data_dir())
+    if families.data_dir():
+        env["PEFTBENCH_DATA"] = str(families.data_dir())
     env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
@@ -62,19 +62,6 @@ def connect(address: str | None, **local) -> None:
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
     env = {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
-
-
-def nodes(address: str | None, described=None) -> tuple[list[dict[str, float]], str]:
-    """(CPU/GPU totals per node, a name for them): the cluster's when one is named or already
-    joined, else the `described` one (a spec's ClusterSpec, for planning), else this machine's,
-    which is what a local Ray would get. Starts no Ray."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address or ray.is_initialized():
-        connect(address)
-        return [n["Resources"] for n in ray.nodes() if n["Alive"]], f"the Ray cluster at {address or ray.get_runtime_context().gcs_address}"
-    if described is not None:
-        return described.totals(), "the spec's cluster"
-    return [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}], "this machine"
 
 
 def run_cells(
@@ -141,38 +128,9 @@ def _next_fitting(queue: list[Cell], running) -> Cell | None:
         return queue[0] if queue else None
     total = ray.cluster_resources()
     for cell in queue:
-        if all(_demand(cell, kind) + sum(_demand(c, kind) for c in running) <= total.get(kind, 0) for kind in ("CPU", "GPU")):
+        if all(demand(cell, kind) + sum(demand(c, kind) for c in running) <= total.get(kind, 0) for kind in ("CPU", "GPU")):
             return cell
     return None
-
-
-def simulate(cells: list[tuple[Cell, float]], nodes: list[dict[str, float]], max_concurrent: int | None) -> tuple[int, float]:
-    """(most cells running at once, makespan) of running (cell, seconds) pairs in order as
-    run_cells does, each cell whole on the first node with room (as STRICT_PACK places it)."""
-    free = [{"CPU": n.get("CPU", 0), "GPU": n.get("GPU", 0)} for n in nodes]
-    queue, running, now, peak = list(cells), [], 0.0, 0
-    while queue:
-        for cell, seconds in list(queue):
-            node = next((n for n in free if fits(n, _demand(cell, "CPU"), _demand(cell, "GPU"))), None)
-            if node is None or len(running) == (max_concurrent or len(cells)):
-                continue
-            node["CPU"] -= _demand(cell, "CPU")
-            node["GPU"] -= _demand(cell, "GPU")
-            running.append((now + seconds, id(node), node, cell))
-            queue.remove((cell, seconds))
-        if not running:
-            raise ValueError(f"cell {queue[0][0].run_key} fits on no node")
-        peak = max(peak, len(running))
-        running.sort(key=lambda r: r[:2])
-        now, _, node, cell = running.pop(0)
-        node["CPU"] += _demand(cell, "CPU")
-        node["GPU"] += _demand(cell, "GPU")
-    return peak, max([now] + [r[0] for r in running])
-
-
-def _demand(cell: Cell, kind: str) -> float:
-    res = cell.resources
-    return (res.cpus if kind == "CPU" else res.gpus) * res.processes
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -218,6 +176,13 @@ def _run_ranks(cell: Cell, group: PlacementGroup, tracking_uri: str, parent_run_
     failed = next(r for r in results.values() if r.status != "FINISHED")
     track.fail_running(tracking_uri, cell, parent_run_id, failed.error)  # rank 0 was stopped mid-run
     return JobResult(cell.run_key, "FAILED", error=failed.error)
+
+
+def free_port(host: str) -> int:
+    """A TCP port nobody listens on right now, for a rendezvous on `host`."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def rank_env(places: list[tuple[str, list[str], int]]) -> list[dict[str, str]]:

@@ -1,10 +1,5 @@
-"""Sweep files: validated once at the door (pydantic), expanded into fully resolved Cells.
-
-A Cell is everything one job needs; its `run_key` is a stable hash of what determines the
-result (method, hyperparameters, backbone, regime, seed, training and evaluation settings),
-so the same cell always has the same key and a changed hyperparameter gives a new one.
-Where a cell runs (its resources, how often it checkpoints) and which sweep named it do not
-change the result and are left out of the key.
+"""Sweep files: validated once at the door (pydantic), expanded into fully resolved Cells
+(`jobs.contract.Cell`, the worker's input, with its run_key).
 
 Hyperparameter grids: a list value in a method's `hparams` is a grid axis, and the method
 expands into one row per combination, labelled `lora(r=8)` by the values that vary. A
@@ -13,57 +8,21 @@ hyperparameter that itself takes a list is written as a one-value grid: `[[q_pro
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+
+from adapters import catalog
+from jobs import backbones, families
+from pipeline import cluster
+from jobs.contract import Cell, EvalArgs, Regime, Resources, Strict, TrainArgs, row_label
 
 
 class SpecError(ValueError):
     """A sweep file that is malformed or names something that does not exist. One line."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TrainArgs(Strict):
-    lr: PositiveFloat = 3e-4
-    epochs: PositiveInt = 1
-    max_steps: PositiveInt | None = None  # overrides epochs when set
-    micro_batch_size: PositiveInt = 8
-    grad_accum: PositiveInt = 1
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: PositiveFloat = 1.0
-    max_seq_len: PositiveInt = 512
-    zero_stage: Literal[0, 1, 2, 3] = 2
-
-
-class EvalArgs(Strict):
-    limit: PositiveInt | None = None  # items per task, a seeded random subset; None = all
-    batch_size: PositiveInt = 8
-
-
-class Regime(Strict):
-    """Training data: `n_examples` drawn deterministically from the train splits of `tasks`."""
-
-    name: str
-    tasks: list[str] = Field(min_length=1)
-    n_examples: PositiveInt | Literal["full"]
-    sample_seed: int = 0
-
-
-class Resources(Strict):
-    """What one cell asks of the cluster: `processes` DeepSpeed ranks, each with `cpus` and `gpus`."""
-
-    cpus: PositiveFloat = 1
-    gpus: float = Field(0, ge=0)
-    processes: PositiveInt = 1
 
 
 class NodeSpec(Strict):
@@ -107,8 +66,7 @@ class MethodSpec(Strict):
         rows = []
         for values in itertools.product(*axes.values()):
             chosen = dict(zip(axes, values))
-            varying = ", ".join(f"{k}={v}" for k, v in chosen.items() if len(axes[k]) > 1)
-            rows.append((f"{self.row}({varying})" if varying else self.row, {**self.hparams, **chosen}))
+            rows.append((row_label(self.row, {k: v for k, v in chosen.items() if len(axes[k]) > 1}), {**self.hparams, **chosen}))
         return rows
 
 
@@ -158,57 +116,19 @@ class Sweep(Strict):
         return self
 
 
-class Cell(Strict):
-    """One training job, fully resolved."""
-
-    sweep: str
-    method: str
-    label: str
-    hparams: dict[str, Any]
-    backbone: str
-    regime: Regime
-    seed: int
-    train: TrainArgs
-    eval: EvalArgs
-    tasks: list[str]
-    resources: Resources
-    checkpoint_every: PositiveInt | None = None
-
-    @property
-    def run_key(self) -> str:
-        content = self.model_dump(exclude={"sweep", "resources", "label", "checkpoint_every"})
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
-
-    def params(self) -> dict[str, str]:
-        """Flat `section.key -> value` strings, for MLflow params."""
-        flat: dict[str, str] = {}
-
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-            else:
-                flat[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
-
-        walk("", self.model_dump())
-        return flat
-
-
 def train_args(sweep: Sweep, backbone: BackboneSpec, method: MethodSpec) -> TrainArgs:
     """The sweep's training arguments, then the backbone's overrides, then the method's; validated."""
     return TrainArgs.model_validate({**sweep.train.model_dump(), **backbone.train, **method.train})
 
 
 def expand(sweep: Sweep) -> list[Cell]:
-    """Every backbone × method (× its grid) × regime × seed, with training overrides applied.
-
-    A GLUE regime trains one model per task (each task has its own head): it expands into one
-    cell per task, under the regime's name (one table block), scored on the sweep's tasks that
-    share the task's label space (RTE's head also scores QNLI).
-    """
+    """Every backbone × method (× its grid) × regime's cells × seed, with training overrides
+    applied. How a regime maps to cells is its task family's (GLUE: one cell per task, each with
+    its own head, under the regime's name)."""
     rows = [(method, label, hparams) for method in sweep.methods for label, hparams in method.grid()]
+    trained = [cell for regime in sweep.regimes for cell in families.of_regime(regime).cells(regime, sweep.tasks)]
     cells = []
-    for backbone, (method, label, hparams), (regime, scored), seed in itertools.product(sweep.backbones, rows, _trained(sweep), sweep.seeds):
+    for backbone, (method, label, hparams), (regime, scored), seed in itertools.product(sweep.backbones, rows, trained, sweep.seeds):
         cells.append(
             Cell(
                 sweep=sweep.name,
@@ -228,19 +148,6 @@ def expand(sweep: Sweep) -> list[Cell]:
     return cells
 
 
-def _trained(sweep: Sweep) -> list[tuple[Regime, list[str]]]:
-    """(the regime a cell trains on, the tasks it is scored on) for every cell of a backbone × method × seed."""
-    from jobs import glue
-
-    out = []
-    for regime in sweep.regimes:
-        if not glue.is_glue(regime.tasks[0]):
-            out.append((regime, sweep.tasks))
-            continue
-        out += [(regime.model_copy(update={"tasks": [t]}), glue.scored_with(t, sweep.tasks)) for t in regime.tasks]
-    return out
-
-
 def check_resources(path: str | Path, sweep: Sweep, nodes: list[dict[str, float]], where: str) -> None:
     """Raise SpecError if some cell asks for more than one node of the cluster has.
 
@@ -252,17 +159,13 @@ def check_resources(path: str | Path, sweep: Sweep, nodes: list[dict[str, float]
         res = backbone.resources or sweep.resources
         field = f"backbones.{i}.resources" if backbone.resources else "resources"
         cpus, gpus = res.cpus * res.processes, res.gpus * res.processes
-        if not any(fits(n, cpus, gpus) for n in nodes):
+        if not any(cluster.fits(n, cpus, gpus) for n in nodes):
             biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
             ranks = f"{res.processes} processes × " if res.processes > 1 else ""
             raise SpecError(
                 f"{path}: {field}: no node of {where} has {ranks}{res.cpus:g} CPUs and {ranks}{res.gpus:g} GPUs for one cell "
                 f"(largest: {biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs)"
             )
-
-
-def fits(node: dict[str, float], cpus: float, gpus: float) -> bool:
-    return node.get("CPU", 0) >= cpus and node.get("GPU", 0) >= gpus
 
 
 def load(path: str | Path) -> Sweep:
@@ -318,20 +221,10 @@ def _check(path: Path, raw) -> Sweep:
 
 
 def _check_names(path: Path, sweep: Sweep) -> None:
-    """Everything the spec names exists: methods and their hyperparameters, backbones, tasks."""
-    import adapters
-    from jobs import backbones, glue, tasks
-
+    """Everything the spec names exists and can run: methods and their hyperparameters (every
+    check a builder would make), backbones, tasks and what their families need."""
     for i, method in enumerate(sweep.methods):
-        try:
-            adapters.registry.check(method.name, method.hparams)
-        except adapters.MethodError as err:
-            raise SpecError(f"{path}: methods.{i}: {err}") from None
-        defaults = adapters.hyperparameters(method.name)
-        for _, hparams in method.grid():
-            for key, value in hparams.items():
-                if _is_count(defaults[key]) and not _is_count(value):
-                    raise SpecError(f"{path}: methods.{i}.hparams.{key}: must be a positive integer, got {value!r}")
+        _check_method(path, f"methods.{i}", method, sweep.backbones)
         for where, overrides in ((f"methods.{i}.train", method.train),) + tuple((f"backbones.{j}.train", b.train) for j, b in enumerate(sweep.backbones)):
             try:
                 TrainArgs.model_validate({**sweep.train.model_dump(), **overrides})
@@ -342,30 +235,49 @@ def _check_names(path: Path, sweep: Sweep) -> None:
         if not backbones.is_known(name):
             raise SpecError(f"{path}: backbones.{i}: unknown backbone {name!r} (registered: {', '.join(backbones.REGISTERED)}; or a hub id / local path)")
     try:
-        data = tasks.data_dir()
-    except tasks.TaskError as err:
+        data = families.data_dir()
+    except families.TaskError as err:
         raise SpecError(f"{path}: {err}") from None
-    known = tasks.names() + glue.names()
     for where, names in [("tasks", sweep.tasks)] + [(f"regimes.{i}.tasks", r.tasks) for i, r in enumerate(sweep.regimes)]:
         for j, name in enumerate(names):
-            if name not in known:
-                raise SpecError(f"{path}: {where}.{j}: unknown task {name!r} (known: {', '.join(known)})")
-    n_glue = sum(map(glue.is_glue, sweep.tasks + [t for r in sweep.regimes for t in r.tasks]))
-    if 0 < n_glue < len(sweep.tasks) + sum(len(r.tasks) for r in sweep.regimes):
-        raise SpecError(f"{path}: tasks: GLUE and commonsense tasks cannot share a sweep (a classifier head vs lm-eval scoring)")
+            try:
+                families.of(name)
+            except families.TaskError as err:
+                raise SpecError(f"{path}: {where}.{j}: {err}") from None
+    used = {families.of(t) for t in sweep.tasks + [t for r in sweep.regimes for t in r.tasks]}
+    if len(used) > 1:
+        titles = " and ".join(sorted((f.title for f in used), key=lambda t: t != "GLUE"))
+        raise SpecError(f"{path}: tasks: {titles} tasks cannot share a sweep (each family trains and scores its own way)")
+    [family] = used
     for i, regime in enumerate(sweep.regimes):
-        for name in regime.tasks:
-            if data is not None and not (glue.has_split(name, "train", data) if glue.is_glue(name) else tasks.has_training_split(name)):
-                raise SpecError(f"{path}: regimes.{i}.tasks: {name!r} has no train split in {data}, so it cannot be trained on (it can be scored)")
-            if glue.is_glue(name) and not glue.scored_with(name, sweep.tasks):
-                raise SpecError(f"{path}: regimes.{i}.tasks: a head trained on {name!r} scores none of `tasks` (add {name} to tasks)")
-    if not n_glue:
+        try:
+            family.check(regime, sweep.tasks, data)
+        except families.TaskError as err:
+            raise SpecError(f"{path}: regimes.{i}.tasks: {err}") from None
+    if not family.takes_encoders:
         for i, backbone in enumerate(sweep.backbones):
             if backbone.name in backbones.ENCODERS:
-                raise SpecError(f"{path}: backbones.{i}: {backbone.name!r} is an encoder: it trains and scores GLUE tasks only")
+                takers = ", ".join(f.title for f in families.families() if f.takes_encoders)
+                raise SpecError(f"{path}: backbones.{i}: {backbone.name!r} is an encoder: it trains and scores {takers} tasks only")
 
 
-def _is_count(value: Any) -> bool:
-    """A positive integer (not a bool). Hyperparameters with such defaults are ranks, sizes and
-    counts, where zero or a negative value is a mistake."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _check_method(path: Path, where: str, method: MethodSpec, used_backbones: list[BackboneSpec]) -> None:
+    """Every grid row's hyperparameters resolve (types, ranges, choices, relations), and the
+    modules they name exist in each backbone whose layout can be read without loading it."""
+    for _, hparams in method.grid():
+        try:
+            values = catalog.resolve(method.name, hparams)
+        except catalog.HparamError as err:
+            raise SpecError(f"{path}: {where}.hparams.{err.key}: {err.detail}") from None
+        except catalog.MethodError as err:
+            raise SpecError(f"{path}: {where}: {err}") from None
+        for key in ("target_modules", "feedforward_modules"):
+            names = values.get(key)
+            if not isinstance(names, (list, tuple)):
+                continue  # a pattern ("all-linear", a regex) or peft's default: peft resolves it
+            for backbone in used_backbones:
+                modules = backbones.linear_modules(backbone.name)
+                missing = [n for n in names if modules and not any(m == n or m.endswith("." + n) or n.endswith("." + m) for m in modules)]
+                if missing:
+                    raise SpecError(f"{path}: {where}.hparams.{key}: {backbone.name} has no linear module {missing[0]!r} "
+                                    f"(it has: {', '.join(m.rpartition('.')[2] for m in modules)})")

@@ -12,11 +12,13 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from jobs.contract import row_label
 from pipeline import claims as claims_check
 from pipeline import stats
 from pipeline.published import EFFICIENCY_COLUMNS
@@ -48,23 +50,24 @@ class ComparisonTable:
 
 
 def default_baseline(methods: list[str]) -> str:
-    """LoRA when it ran (a row named lora, else the first named lora-something), else the first row."""
-    return next((m for m in methods if m == "lora"), next((m for m in methods if m.startswith("lora")), methods[0]))
+    """LoRA when it ran (the row named lora, else its first grid row `lora(...)`), else the first row."""
+    return next((m for m in methods if m == "lora"), next((m for m in methods if m.startswith("lora(")), methods[0]))
 
 
 def resolve_baseline(methods: list[str], baseline: str | None) -> str:
     """The row the table tests against: `baseline` itself, its first row with hyperparameters
-    shown ("lora" finds "lora (r=8)"), or the default when none is asked for."""
+    shown ("lora" finds "lora(r=8)"), or the default when none is asked for."""
     if baseline is None:
         return default_baseline(methods)
-    found = next((m for m in methods if m == baseline), next((m for m in methods if m.startswith(f"{baseline} (")), None))
+    found = next((m for m in methods if m == baseline), next((m for m in methods if m.startswith(f"{baseline}(")), None))
     if found is None:
         raise ValueError(f"baseline {baseline!r} is not a method of these results (methods: {', '.join(methods)})")
     return found
 
 
 def row_labels(results: pd.DataFrame) -> pd.Series:
-    """Method names, plus the hyperparameters whose values differ between rows (e.g. r=16)."""
+    """Method names, plus the hyperparameters whose values differ between rows (e.g. r=16) and
+    that the name does not already show (a sweep's grid rows are named `lora(r=16)` by the spec)."""
     if "hparams" not in results:
         return results["method"]
     hparams = results["hparams"].map(lambda h: json.loads(h) if isinstance(h, str) else (h or {}))
@@ -73,8 +76,10 @@ def row_labels(results: pd.DataFrame) -> pd.Series:
         for key, value in h.items():
             seen.setdefault(key, set()).add(json.dumps(value))
     differing = [k for k, values in seen.items() if len(values) > 1]
-    suffix = hparams.map(lambda h: ", ".join(f"{k}={h[k]}" for k in differing if k in h))
-    return results["method"] + suffix.map(lambda s: f" ({s})" if s else "")
+    def label(method: str, h: dict) -> str:
+        return row_label(method, {k: h[k] for k in differing if k in h and not re.search(rf"[(,] ?{re.escape(k)}=", method)})
+
+    return pd.Series([label(m, h) for m, h in zip(results["method"], hparams)], index=results.index)
 
 
 def _task_tests(

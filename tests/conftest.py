@@ -29,9 +29,9 @@ def tracking_uri(tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    from jobs import tasks
+    from jobs import families
 
-    path = tasks.data_dir()
+    path = families.data_dir()
     assert path is not None, "tests need the benchmark data: set PEFTBENCH_DATA or put shared/ beside the repo"
     return path
 

@@ -306,7 +306,7 @@ def test_unknown_hyperparameter_raises_one_line_naming_it(tiny):
 
 
 @pytest.mark.parametrize("method, hp, words", [
-    ("lora", {"r": 0}, "r must be positive"),
+    ("lora", {"r": 0}, "r must be a positive integer"),
     ("lora_shift", {"shift": "dense"}, "shift must be one of"),
     ("lr_lora", {"scale_position": "middle"}, "scale_position must be one of"),
     ("adalora", {"init_r": 4, "target_r": 8}, "target_r"),

@@ -12,11 +12,12 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 import adapters
-from jobs import backbones, glue
+from jobs import backbones
+from jobs.families import glue
 from jobs.train import train
 from pipeline import spec, track
 from pipeline.__main__ import main
-from pipeline.spec import TrainArgs
+from jobs.contract import TrainArgs
 
 GLUE_SWEEP = """
 name: tinyglue
@@ -59,7 +60,7 @@ def test_tiny_encoder_trains_and_scores(task, data_dir):
     head = [p for n, p in model.named_parameters() if "modules_to_save" in n and p.requires_grad]
     before = [p.detach().clone() for p in head]
     examples = glue.training_examples(task, 16, 0, data_dir)
-    model, result = train(model, tokenizer, examples, TrainArgs(lr=1e-2, micro_batch_size=8, max_steps=3, max_seq_len=64), seed=0)
+    model, result = train(model, tokenizer, glue.tokenize(examples, tokenizer, 64), TrainArgs(lr=1e-2, micro_batch_size=8, max_steps=3, max_seq_len=64), seed=0)
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
     assert head and any(not torch.equal(a, b) for a, b in zip(before, head)), "the head must train"
     scores = glue.evaluate(model.merge_and_unload(), tokenizer, [task], data_dir, limit=20, batch_size=8, max_len=64)

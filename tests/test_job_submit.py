@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from jobs.train import free_port
+from pipeline.schedule import free_port
 from pipeline import spec, track
 from tests.helpers import TINY_SWEEP
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jobs import tasks
+from jobs import families
 from pipeline import spec, track
 from tests.helpers import TINY_SWEEP
 
@@ -31,7 +31,7 @@ def test_a_local_rays_workers_get_the_data_dir_and_no_bars_while_the_driver_keep
 
     driver = os.environ.get("TQDM_DISABLE")
     worker = ray.get(ray.remote(lambda: {k: os.environ.get(k) for k in ("TQDM_DISABLE", "PEFTBENCH_DATA")}).remote())
-    assert worker == {"TQDM_DISABLE": "1", "PEFTBENCH_DATA": str(tasks.data_dir())}
+    assert worker == {"TQDM_DISABLE": "1", "PEFTBENCH_DATA": str(families.data_dir())}
     assert os.environ.get("TQDM_DISABLE") == driver  # set only while Ray started
 
 

@@ -70,7 +70,7 @@ def test_rows_show_only_the_hyperparameters_that_differ():
     results["hparams"] = results["method"].map(hparams)
     assert set(tables.row_labels(results)) == {"lora", "lr_lora"}  # one value each: nothing to tell apart
     results.loc[results["method"] == "lora", "hparams"] = '{"r": 16, "lora_alpha": 16}'  # as MLflow gives it
-    assert set(tables.row_labels(results)) == {"lora (r=16)", "lr_lora (r=8)"}
+    assert set(tables.row_labels(results)) == {"lora(r=16)", "lr_lora(r=8)"}
 
 
 def test_markdown_html_and_latex_carry_the_same_cells(table):
@@ -98,7 +98,7 @@ def test_an_unknown_baseline_is_an_error_that_names_the_methods(sweep):
     with pytest.raises(ValueError, match="baseline 'loar' is not a method of these results .*lr_lora"):
         tables.comparison_table(results, baseline="loar")
     results = results.assign(hparams=results["method"].map(lambda m: {"r": 8 if m == "lora" else 16}))
-    assert tables.resolve_baseline(list(tables.row_labels(results).unique()), "lora") == "lora (r=8)"
+    assert tables.resolve_baseline(list(tables.row_labels(results).unique()), "lora") == "lora(r=8)"
 
 
 def test_latex_escapes_what_latex_would_choke_on():
@@ -146,7 +146,7 @@ def test_published_averages_render_with_the_papers_std_marked_as_published():
     glue = load_results_csv(CLAIMS / "lr_lora_table2_glue.csv")
     cola = glue[(glue["task"] == "cola") & (glue["method"] == "lr_lora") & (glue["backbone"] == "roberta-base")]
     assert cola["metric"].item() == "mcc" and cola["value"].item() == pytest.approx(0.632)
-    assert "vera (r=1024)" in tables.render(tables.comparison_table(glue), "md")
+    assert "vera(r=1024)" in tables.render(tables.comparison_table(glue), "md")
 
 
 def test_the_report_carries_the_table_its_tests_and_the_claims(sweep):

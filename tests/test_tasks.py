@@ -10,8 +10,8 @@ import pytest
 from lm_eval.api.task import ConfigurableTask
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from jobs import tasks
-from jobs.evaluate import evaluate
+from jobs.families import multiple_choice as tasks
+from jobs.families.multiple_choice import evaluate
 
 OFFICIAL = Path(lm_eval.__file__).parent / "tasks"
 OFFICIAL_YAML = {

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 import adapters
-from jobs import backbones, tasks
-from jobs.train import IGNORE, DivergedError, tokenize, train
-from pipeline.spec import TrainArgs
+from jobs import backbones
+from jobs.contract import IGNORE, TrainArgs
+from jobs.families import multiple_choice as tasks
+from jobs.families.multiple_choice import tokenize
+from jobs.train import DivergedError, train
 
 
 def test_loss_covers_exactly_the_answer_tokens():
@@ -32,7 +34,7 @@ def test_deepspeed_steps_lower_the_loss(zero_stage, data_dir):
     examples = tasks.training_examples(["arc_easy"], 16, 0, data_dir)
     args = TrainArgs(lr=5e-3, micro_batch_size=4, max_steps=20, warmup_ratio=0.1, zero_stage=zero_stage, max_seq_len=96)
     # The same 16 examples repeat every 4 steps, so a working optimizer must fit them.
-    _, result = train(model, tokenizer, examples, args, seed=0)
+    _, result = train(model, tokenizer, tokenize(examples, tokenizer, 96), args, seed=0)
     assert result.steps == 20 and len(result.losses) == 20
     first, last = sum(result.losses[:4]) / 4, sum(result.losses[-4:]) / 4
     assert last < first - 1.0, result.losses  # nats
@@ -45,7 +47,7 @@ def test_training_is_deterministic_for_a_seed(data_dir):
     runs = []
     for _ in range(2):
         model, tokenizer = backbones.load("tiny-llama")
-        runs.append(train(adapters.apply(model, "lora", r=4), tokenizer, examples, args, seed=7)[1].losses)
+        runs.append(train(adapters.apply(model, "lora", r=4), tokenizer, tokenize(examples, tokenizer, 96), args, seed=7)[1].losses)
     assert runs[0] == runs[1]
 
 
@@ -54,7 +56,7 @@ def test_divergence_is_an_error(data_dir):
     model = adapters.apply(model, "lora", r=4)
     examples = tasks.training_examples(["arc_easy"], 8, 0, data_dir)
     with pytest.raises(DivergedError, match="loss is nan"):
-        train(model, tokenizer, examples, TrainArgs(lr=1e30, micro_batch_size=4, max_steps=5, warmup_ratio=0, max_seq_len=96), seed=0)
+        train(model, tokenizer, tokenize(examples, tokenizer, 96), TrainArgs(lr=1e30, micro_batch_size=4, max_steps=5, warmup_ratio=0, max_seq_len=96), seed=0)
 
 
 def test_peak_memory_is_each_cells_own_in_a_reused_worker():

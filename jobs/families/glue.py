@@ -1,8 +1,11 @@
 """GLUE: sequence classification (regression for STS-B) with a task head, scored by our own code.
 
-lm-eval does not score fine-tuned classifiers, so this module holds the whole GLUE side of a
+lm-eval does not score fine-tuned classifiers, so this family holds the whole GLUE side of a
 cell: the tasks' fields and label spaces, training examples, and evaluation with the metrics
-GLUE defines (scikit-learn / scipy). Data comes from `<data_dir>/glue/<task>/<split>.jsonl`, or
+GLUE defines (scikit-learn / scipy). A GLUE regime trains one model per task (each task has its
+own head): it maps to one cell per task, scored on the sweep's tasks that share the task's
+label space (RTE's head also scores QNLI). torch, scipy and scikit-learn are imported inside
+the functions that use them, so `validate` reads this module without them. Data comes from `<data_dir>/glue/<task>/<split>.jsonl`, or
 from the hub (`nyu-mll/glue`) on a cluster without a local data dir. Per-item predictions keep
 the shape of the commonsense path (`doc_id`, `gold`, `pred`, `acc`) so paired tests work here too.
 """
@@ -14,8 +17,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from jobs.contract import EvalArgs, Regime
+from jobs.families import EvalResult, Family, TaskError
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,6 @@ def names() -> tuple[str, ...]:
     return tuple(TASKS)
 
 
-def is_glue(name: str) -> bool:
-    return name in TASKS
-
-
 def num_labels(name: str) -> int:
     return TASKS[name].num_labels
 
@@ -79,8 +78,6 @@ def docs(name: str, split: str, data_dir: Path | None) -> list[dict]:
         return list(datasets.load_dataset(HUB_DATASET, name, split=split))
     path = data_dir / "glue" / name / f"{split}.jsonl"
     if not path.is_file():
-        from jobs.tasks import TaskError
-
         raise TaskError(f"task {name!r} has no {split} split in {data_dir} (no {path.name})")
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
@@ -94,9 +91,7 @@ def training_examples(name: str, n_examples: int | None, sample_seed: int, data_
     pool = docs(name, "train", data_dir)
     if n_examples is not None:
         if n_examples > len(pool):
-            from jobs.tasks import TaskError
-
-            raise TaskError(f"regime asks for {n_examples} examples but {name} has {len(pool)}")
+                raise TaskError(f"regime asks for {n_examples} examples but {name} has {len(pool)}")
         pool = random.Random(sample_seed).sample(pool, n_examples)
     return [example(name, doc) for doc in pool]
 
@@ -110,16 +105,9 @@ def tokenize(examples: list[Example], tokenizer, max_len: int) -> list[dict]:
     return rows
 
 
-@dataclass
-class EvalResult:
-    metrics: dict[str, dict[str, float]]  # task -> {"acc": .., "f1": ..} (GLUE's metrics)
-    samples: dict[str, list[dict]]  # task -> per-item rows (doc_id, gold, pred, acc | sq_err)
-    raw: dict  # what was scored: items per task and the metrics, kept as an artifact
-
-
 def metrics(name: str, gold, pred) -> dict[str, float]:
     """GLUE's metrics for `name` from gold labels and predictions (classes, or scores for STS-B)."""
-    # imported here: a commonsense cell's worker never needs them (about 1 s of its start-up)
+    import numpy as np
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
@@ -134,9 +122,10 @@ def metrics(name: str, gold, pred) -> dict[str, float]:
     return {m: float(compute[m]()) for m in TASKS[name].metrics}
 
 
-@torch.no_grad()
 def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, limit: int | None, batch_size: int, max_len: int = 512) -> EvalResult:
     """Scores on a seeded subset of `limit` validation items per task (the same subset every cell)."""
+    import torch
+
     from jobs.train import collate
 
     model.eval()
@@ -147,10 +136,11 @@ def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, lim
         ids = list(range(len(rows))) if limit is None or limit >= len(rows) else sorted(random.Random(0).sample(range(len(rows)), limit))
         encoded = tokenize([example(name, rows[i]) for i in ids], tokenizer, max_len)
         outputs = []
-        for start in range(0, len(encoded), batch_size):
-            batch = collate(encoded[start : start + batch_size], tokenizer.pad_token_id)
-            batch.pop("labels")
-            outputs.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                batch = collate(encoded[start : start + batch_size], tokenizer.pad_token_id)
+                batch.pop("labels")
+                outputs.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
         logits = torch.cat(outputs)
         regression = TASKS[name].num_labels == 1
         pred = logits[:, 0].tolist() if regression else logits.argmax(-1).tolist()
@@ -165,7 +155,7 @@ def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, lim
     return result
 
 
-def train_head(model: torch.nn.Module) -> None:
+def train_head(model) -> None:
     """Make the task head trainable: it starts random, so every method trains it.
 
     peft models already hold it in `modules_to_save` (task type SEQ_CLS); for the methods that
@@ -180,3 +170,45 @@ def train_head(model: torch.nn.Module) -> None:
         raise ValueError(f"{type(model).__name__} has no classification head named classifier or score")
     for head in heads:
         head.requires_grad_(True)
+
+
+class Glue(Family):
+    title = "GLUE"
+    raw_artifact = "eval/glue_results.json"
+    average_metric = "avg/score"  # each task's headline metric (acc, mcc or pearson), averaged as GLUE tables do
+    takes_encoders = True
+
+    def tasks(self) -> tuple[str, ...]:
+        return names()
+
+    def headline(self, task: str) -> str:
+        return TASKS[task].metrics[0]
+
+    def check(self, regime: Regime, scored: list[str], data: Path | None) -> None:
+        for name in regime.tasks:
+            if data is not None and not has_split(name, "train", data):
+                raise TaskError(f"{name!r} has no train split in {data}, so it cannot be trained on (it can be scored)")
+            if not scored_with(name, scored):
+                raise TaskError(f"a head trained on {name!r} scores none of `tasks` (add {name} to tasks)")
+
+    def cells(self, regime: Regime, scored: list[str]) -> list[tuple[Regime, list[str]]]:
+        return [(regime.model_copy(update={"tasks": [t]}), scored_with(t, scored)) for t in regime.tasks]
+
+    def num_labels(self, regime: Regime) -> int | None:
+        return num_labels(regime.tasks[0])
+
+    def prepare(self, model) -> None:
+        train_head(model)
+
+    def training_examples(self, regime: Regime, data: Path | None) -> list[Example]:
+        n = None if regime.n_examples == "full" else regime.n_examples
+        return training_examples(regime.tasks[0], n, regime.sample_seed, data)
+
+    def encode(self, examples: list, tokenizer, max_len: int) -> list[dict]:
+        return tokenize(examples, tokenizer, max_len)
+
+    def evaluate(self, model, tokenizer, tasks: list[str], data: Path | None, args: EvalArgs, max_len: int) -> EvalResult:
+        return evaluate(model, tokenizer, tasks, data, args.limit, args.batch_size, max_len)
+
+
+FAMILY = Glue()

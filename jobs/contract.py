@@ -1,0 +1,105 @@
+"""The cell contract: what the driver hands a worker, fully resolved, and nothing else.
+
+A Cell is everything one job needs; its `run_key` is a stable hash of what determines the
+result (method, hyperparameters, backbone, regime, seed, training and evaluation settings),
+so the same cell always has the same key and a changed hyperparameter gives a new one.
+Where a cell runs (its resources, how often it checkpoints), how its row is labelled and which
+sweep named it do not change the result and are left out of the key. The sweep schema
+(`pipeline.spec`) builds on these types; the worker (`jobs.cell`) needs nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+IGNORE = -100  # the `labels` value of a token row that the loss skips: prompt tokens and padding
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainArgs(Strict):
+    lr: PositiveFloat = 3e-4
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None  # overrides epochs when set
+    micro_batch_size: PositiveInt = 8
+    grad_accum: PositiveInt = 1
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: PositiveFloat = 1.0
+    max_seq_len: PositiveInt = 512
+    zero_stage: Literal[0, 1, 2, 3] = 2
+
+
+class EvalArgs(Strict):
+    limit: PositiveInt | None = None  # items per task, a seeded random subset; None = all
+    batch_size: PositiveInt = 8
+
+
+class Regime(Strict):
+    """Training data: `n_examples` drawn deterministically from the train splits of `tasks`."""
+
+    name: str
+    tasks: list[str] = Field(min_length=1)
+    n_examples: PositiveInt | Literal["full"]
+    sample_seed: int = 0
+
+
+class Resources(Strict):
+    """What one cell asks of the cluster: `processes` DeepSpeed ranks, each with `cpus` and `gpus`."""
+
+    cpus: PositiveFloat = 1
+    gpus: float = Field(0, ge=0)
+    processes: PositiveInt = 1
+
+
+class Cell(Strict):
+    """One training job, fully resolved."""
+
+    sweep: str
+    method: str
+    label: str
+    hparams: dict[str, Any]
+    backbone: str
+    regime: Regime
+    seed: int
+    train: TrainArgs
+    eval: EvalArgs
+    tasks: list[str]
+    resources: Resources
+    checkpoint_every: PositiveInt | None = None
+
+    @functools.cached_property
+    def run_key(self) -> str:
+        content = self.model_dump(exclude={"sweep", "resources", "label", "checkpoint_every"})
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def params(self) -> dict[str, str]:
+        """Flat `section.key -> value` strings, for MLflow params."""
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                flat[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
+
+        walk("", self.model_dump())
+        return flat
+
+
+def row_label(name: str, shown: dict[str, Any]) -> str:
+    """A table row's name: the method (or its label) and the hyperparameters that tell it apart,
+    `lora(r=8)`; a name that already shows some (`lora(r=8)`) gets the others inside its brackets.
+    The one place rows are named: sweep grids, tables and figures all use it."""
+    if not shown:
+        return name
+    inner = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return f"{name[:-1]}, {inner})" if name.endswith(")") and "(" in name else f"{name}({inner})"
