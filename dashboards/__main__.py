@@ -33,12 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no sweep named {args.sweep!r} in {uri}", file=sys.stderr)
         return 2
     if args.command == "build":
-        from dashboards import report
         from pipeline import compare
 
         results, items = compare.sweep_results(uri, args.sweep)
         tables_html = compare.log_report(uri, run.info.run_id, results, items)["html"]
-        report.log(uri, run.info.run_id, args.sweep, results, items, tables_html)
+        compare.log_html_report(uri, run.info.run_id, args.sweep, results, items, tables_html)
         print(f"logged report.html to run {run.info.run_id}")
         return 0
     if uri.startswith("http"):  # already a server: nothing to start

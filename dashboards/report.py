@@ -1,7 +1,8 @@
 """report.html for a sweep: the comparison table and the figures, in one self-contained file.
 
-Everything is read back from MLflow (results, per-item scores, loss curves, the diagnostics
-each cell logged under `analysis/`), so a report can be rebuilt for any sweep at any time.
+Pure rendering: frames in, HTML out. `pipeline.compare` reads everything back from MLflow
+(results, per-item scores, loss curves, the diagnostics each cell logged under `analysis/`)
+and logs the pages, so a report can be rebuilt for any sweep at any time.
 No CDN, no external files: figures are inline SVG, styles inline.
 """
 
@@ -14,7 +15,6 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from dashboards import figures
-from pipeline import stats, tables, track
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
@@ -26,46 +26,14 @@ svg{max-width:100%;height:auto}
 """
 
 
-def run_data(uri: str, results: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """What the figures draw beyond the results: loss history, module diagnostics, φ curves."""
-    runs = results[["run_id", "method", "seed"]].drop_duplicates()
-    history, modules, curves = [], [], []
-    for run in runs.itertuples(index=False):
-        history += [{"run_id": run.run_id, "method": run.method, "seed": run.seed, "step": s, "loss": v} for s, v in track.metric_history(uri, run.run_id, "train/loss")]
-        for stage in ("early", "middle", "final"):
-            text = track.read_artifact_text(uri, run.run_id, f"analysis/{stage}.json")
-            if text is None:
-                continue
-            record = json.loads(text)
-            for entry in record["modules"]:
-                base = {"run_id": run.run_id, "method": run.method, "seed": run.seed, "module": entry["module"], "step": record["step"], "stage": stage}
-                if stage == "final":
-                    modules.append({**base, **{k: entry.get(k) for k in ("stable_rank", "stable_rank_centered", "spectrum", "shift_map")}})
-                if "phi" in entry:
-                    curves.append({**base, "z": entry["phi"]["z"], "phi": entry["phi"]["phi"]})
-    return {
-        "history": pd.DataFrame(history),
-        "modules": pd.DataFrame(modules),
-        "curves": pd.DataFrame(curves),
-    }
-
-
-def method_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Per backbone × regime × method: mean task-average score over seeds and the cost columns."""
-    values = stats.seed_values(results)
-    per_seed = values.groupby(["backbone", "regime", "method", "seed"]).value.mean() / 100
-    avg = per_seed.groupby(["backbone", "regime", "method"]).mean().rename("avg")
-    cost = results.groupby(["backbone", "regime", "method"])[["trainable_params", "tokens_per_s", "peak_mem_mb"]].mean()
-    return cost.join(avg).reset_index()
-
-
-def build(uri: str, sweep_name: str, results: pd.DataFrame, tables_html: str, data: dict[str, pd.DataFrame], baseline: str | None = None) -> str:
+def build(sweep_name: str, n_cells: int, tables_html: str, summary: pd.DataFrame, baseline: str, data: dict[str, pd.DataFrame]) -> str:
     """The whole report as one HTML string: `tables_html` (the comparison report, already
-    rendered by `pipeline.compare`) and the figures (`data` from `run_data`)."""
-    sections = [f"<h1>peftbench · {html.escape(sweep_name)}</h1>", f"<p>Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {results.run_key.nunique()} finished cells.</p>"]
+    rendered), the accuracy and cost figures of `summary` (per backbone × regime × method: avg,
+    trainable_params, tokens_per_s, peak_mem_mb) against `baseline`, and the training figures
+    of `data` (history, modules, curves)."""
+    sections = [f"<h1>peftbench · {html.escape(sweep_name)}</h1>", f"<p>Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {n_cells} finished cells.</p>"]
     sections.append(tables_html)
-    summary = method_summary(results)
-    chosen = tables.resolve_baseline(sorted(summary.method.unique()), baseline)
+    chosen = baseline
     figures_to_show = [
         ("Accuracy vs trainable parameters", figures.pareto(summary), "Average accuracy over the scored tasks (mean over seeds) against trainable parameters; zero-shot sits at 1. The red step line is the Pareto front."),
     ]
@@ -109,24 +77,8 @@ def cell_page(rows: pd.DataFrame, data: dict[str, pd.DataFrame], items: pd.DataF
     return _page(title, sections)
 
 
-def log_cell_pages(uri: str, results: pd.DataFrame, items: pd.DataFrame | None, data: dict[str, pd.DataFrame]) -> None:
-    """Each cell's page as `report.html` on its own child run."""
-    for run_id, rows in results.groupby("run_id"):
-        own = {name: frame[frame.run_id == run_id] if len(frame) else frame for name, frame in data.items()}
-        own_items = items[items.run_key == rows.run_key.iloc[0]] if items is not None and len(items) else pd.DataFrame()
-        track.log_text(uri, run_id, cell_page(rows, own, own_items), "report.html")
-
-
 def _figure(title: str, svg: str, caption: str) -> str:
     return f"<h2>{html.escape(title)}</h2><figure class='figure'>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
-
-
-def log(uri: str, parent_run_id: str, sweep_name: str, results: pd.DataFrame, items: pd.DataFrame | None, tables_html: str, baseline: str | None = None) -> None:
-    """Attach the sweep's report to its parent run and each cell's page to its child run,
-    both as `report.html`."""
-    data = run_data(uri, results)
-    track.log_text(uri, parent_run_id, build(uri, sweep_name, results, tables_html, data, baseline), "report.html")
-    log_cell_pages(uri, results, items, data)
 
 
 def _page(title: str, sections: list[str]) -> str:

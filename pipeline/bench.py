@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from pipeline import schedule, spec, track
+    from pipeline import cluster, schedule, spec, track
 
     with tempfile.TemporaryDirectory(prefix="peftbench-bench-") as tmp:
         path = Path(tmp) / "bench.yaml"
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = spec.expand(spec.load(path))
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         parent = track.start_sweep_run(uri, "bench", path.read_text(), [])
-        schedule.connect("local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        cluster.connect("local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         try:
             started = time.time()
             results = schedule.run_cells(cells, uri, parent)

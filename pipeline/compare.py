@@ -1,4 +1,4 @@
-"""MLflow runs -> the results frame (and per-item frame) -> the comparison report.
+"""MLflow runs -> the results frame (and per-item frame) -> the comparison report and report.html.
 
 The results frame has one row per (run, task, metric): run_key, sweep, method, backbone,
 regime, seed, task, metric, value, plus efficiency columns (trainable_params,
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import published, tables, track
+from dashboards import report
+from pipeline import published, stats, tables, track
 
 EFFICIENCY = {
     "trainable_params": "params/trainable",
@@ -109,3 +110,50 @@ def report(source: str, uri: str, fmt: str = "md", **options) -> str:
     results, items = sweep_results(uri, source)
     texts = log_report(uri, track.latest_sweep_run(uri, source).info.run_id, results, items, **options)
     return texts[fmt]
+
+
+def run_data(uri: str, results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """What the figures draw beyond the results: loss history, module diagnostics, φ curves."""
+    runs = results[["run_id", "method", "seed"]].drop_duplicates()
+    history, modules, curves = [], [], []
+    for run in runs.itertuples(index=False):
+        history += [{"run_id": run.run_id, "method": run.method, "seed": run.seed, "step": s, "loss": v} for s, v in track.metric_history(uri, run.run_id, "train/loss")]
+        for stage in ("early", "middle", "final"):
+            text = track.read_artifact_text(uri, run.run_id, f"analysis/{stage}.json")
+            if text is None:
+                continue
+            record = json.loads(text)
+            for entry in record["modules"]:
+                base = {"run_id": run.run_id, "method": run.method, "seed": run.seed, "module": entry["module"], "step": record["step"], "stage": stage}
+                if stage == "final":
+                    modules.append({**base, **{k: entry.get(k) for k in ("stable_rank", "stable_rank_centered", "spectrum", "shift_map")}})
+                if "phi" in entry:
+                    curves.append({**base, "z": entry["phi"]["z"], "phi": entry["phi"]["phi"]})
+    return {
+        "history": pd.DataFrame(history),
+        "modules": pd.DataFrame(modules),
+        "curves": pd.DataFrame(curves),
+    }
+
+
+def method_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone × regime × method: mean task-average score over seeds and the cost columns."""
+    values = stats.seed_values(results)
+    per_seed = values.groupby(["backbone", "regime", "method", "seed"]).value.mean() / 100
+    avg = per_seed.groupby(["backbone", "regime", "method"]).mean().rename("avg")
+    cost = results.groupby(["backbone", "regime", "method"])[["trainable_params", "tokens_per_s", "peak_mem_mb"]].mean()
+    return cost.join(avg).reset_index()
+
+
+def log_html_report(uri: str, parent_run_id: str, sweep_name: str, results: pd.DataFrame, items: pd.DataFrame | None, tables_html: str, baseline: str | None = None) -> None:
+    """Render the sweep's report.html (dashboards) and log it to its parent run, and each cell's
+    own page to its child run, both as `report.html`."""
+    data = run_data(uri, results)
+    summary = method_summary(results)
+    chosen = tables.resolve_baseline(sorted(summary.method.unique()), baseline)
+    page = report.build(sweep_name, results.run_key.nunique(), tables_html, summary, chosen, data)
+    track.log_text(uri, parent_run_id, page, "report.html")
+    for run_id, rows in results.groupby("run_id"):
+        own = {name: frame[frame.run_id == run_id] if len(frame) else frame for name, frame in data.items()}
+        own_items = items[items.run_key == rows.run_key.iloc[0]] if items is not None and len(items) else pd.DataFrame()
+        track.log_text(uri, run_id, report.cell_page(rows, own, own_items), "report.html")

@@ -15,53 +15,20 @@ checkpoint), and the dead attempt's MLflow run is closed FAILED with the reason.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
 from collections import Counter
-from unittest import mock
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
-from jobs import families
 from jobs.cell import JobResult, run_cell
-from pipeline import track
 from jobs.contract import Cell
+from pipeline import track
 from pipeline.cluster import demand
-
-
-def connect(address: str | None, **local) -> None:
-    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray instance (`local`,
-    so that a cluster someone else started on this machine is never joined by accident), with
-    `local` as further ray.init arguments for it (the bench's num_cpus).
-
-    Jobs inherit the data and cache locations the driver resolved, so a local run and a
-    `ray job submit` run read the same files (a job's workers run from a copy of the working
-    dir, where "../shared/data beside the repo" is not). A cluster's workers get them through
-    the job's runtime env; variables the submitted job's own runtime env sets are left to it
-    (Ray refuses to merge two values of one variable). A local instance's workers are children
-    of the raylet that `ray.init` starts, so they get them through the environment it inherits
-    instead: a job with a runtime env cannot use the workers Ray prestarts at start-up, and each
-    new worker's runtime env set-up costs about 1.5 s (`python -m pipeline.bench`).
-    """
-    if ray.is_initialized():
-        return
-    env = {k: os.environ[k] for k in ("PEFTBENCH_DATA", "PEFTBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if k in os.environ}
-    if families.data_dir():
-        env["PEFTBENCH_DATA"] = str(families.data_dir())
-    env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local":
-        with mock.patch.dict(os.environ, env):  # only while Ray starts: the driver's own bar must stay on
-            ray.init(address="local", **{"log_to_driver": True, "configure_logging": False, **local})
-        return
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
-    env = {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
 
 
 def run_cells(

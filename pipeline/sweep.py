@@ -11,9 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dashboards import report
 from jobs.contract import Cell
-from pipeline import compare, schedule, spec, track
+from pipeline import cluster, compare, schedule, spec, track
 
 
 def run(spec_path: str, address: str | None = None, tracking_uri: str | None = None, checkpoint_dir: str | None = None) -> int:
@@ -29,7 +28,7 @@ def run(spec_path: str, address: str | None = None, tracking_uri: str | None = N
     else:
         items = compare.items_frame(uri, results)
         texts = compare.log_report(uri, parent, results, items)
-        report.log(uri, parent, sweep.name, results, items, texts["html"])
+        compare.log_html_report(uri, parent, sweep.name, results, items, texts["html"])
         print(texts["md"])
     track.end_run(uri, parent, ok=not failed)
     return 1 if failed else 0
@@ -56,7 +55,7 @@ def execute(
     parent = track.start_sweep_run(uri, sweep.name, spec_text, [_describe(c) for c in cells], tags)
     results = []
     if todo:
-        schedule.connect(address)
+        cluster.connect(address)
         results = schedule.run_cells(todo, uri, parent, sweep.max_retries, sweep.max_concurrent, checkpoint_dir, skipped=len(cells) - len(todo))
     failed = [r for r in results if r.status != "FINISHED"]
     if failed:

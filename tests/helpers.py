@@ -39,9 +39,9 @@ def local_ray_instance():
     """A real local Ray instance, started as `pipeline run` starts one, shut down afterwards."""
     import ray
 
-    from pipeline import schedule
+    from pipeline import cluster
 
-    schedule.connect("local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cluster.connect("local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:

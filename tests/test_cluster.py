@@ -18,7 +18,8 @@ from unittest import mock
 
 import pytest
 
-from pipeline import cluster, schedule, spec, track
+from pipeline import spec, track
+from pipeline.cluster import connect, simulate
 from pipeline.__main__ import main
 from tests.helpers import TINY_SWEEP
 
@@ -39,10 +40,10 @@ def test_plan_packs_cells_onto_the_spec_cluster(write_spec, tracking_uri, capsys
     assert "on the spec's cluster (3 nodes): 4 cells at once; estimated makespan ? s" in capsys.readouterr().out
     cells = spec.expand(spec.load(path))
     nodes = spec.load(path).cluster.totals()
-    assert cluster.simulate([(c, 10.0) for c in cells], nodes, None) == (4, 20.0)
-    assert cluster.simulate([(c, 10.0) for c in cells], nodes, 2) == (2, 30.0)
+    assert simulate([(c, 10.0) for c in cells], nodes, None) == (4, 20.0)
+    assert simulate([(c, 10.0) for c in cells], nodes, 2) == (2, 30.0)
     two = [(c.model_copy(update={"resources": spec.Resources(gpus=1, processes=2)}), 10.0) for c in cells]
-    assert cluster.simulate(two, nodes, None) == (2, 30.0)
+    assert simulate(two, nodes, None) == (2, 30.0)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def _wait_for_a_checkpointed_cell(cluster, uri: str, checkpoints: Path, sweep: s
     once one of the cells has checkpointed."""
     import ray
 
-    schedule.connect(cluster.address)
+    connect(cluster.address)
     deadline, most_busy = time.time() + timeout, 0
     workers = {w.node_id: w for w in cluster.workers}
     while time.time() < deadline:
