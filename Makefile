@@ -1,11 +1,11 @@
 # `make bench`: set up .venv, run the quickstart sweep, print its table.
-# `make test`: set up .venv, run the test suite (what CI runs).
+# `make test`: set up .venv, lint, run the test suite (what CI runs); `make test-fast` leaves the slow tests out.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test venv clean
+.PHONY: bench test test-fast lint venv clean
 
 venv: $(STAMP)
 
@@ -23,8 +23,15 @@ $(STAMP): requirements.txt requirements-models.txt constraints.txt pyproject.tom
 bench: $(STAMP)
 	$(PY) -m pipeline run configs/quickstart.yaml
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q --durations=15
+
+# Everything but the tests marked slow (Ray, DeepSpeed engines, real processes, the browser).
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) mlruns mlartifacts mlflow.db

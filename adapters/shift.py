@@ -25,7 +25,6 @@ from adapters import variants
 from adapters.registry import register, register_optimizer
 
 
-
 def _coords(n: int) -> torch.Tensor:
     return torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1)
 

@@ -9,7 +9,6 @@ No CDN, no external files: figures are inline SVG, styles inline.
 from __future__ import annotations
 
 import html
-import json
 from datetime import datetime, timezone
 
 import pandas as pd

@@ -23,8 +23,8 @@ import pandas as pd
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from pipeline import stats
 from jobs.contract import Strict
+from pipeline import stats
 from pipeline.stats import ALPHA, BLOCK, REPORTED_AVERAGE
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboards import report
+from dashboards import report as report_page
 from pipeline import published, stats, tables, track
 
 EFFICIENCY = {
@@ -151,9 +151,9 @@ def log_html_report(uri: str, parent_run_id: str, sweep_name: str, results: pd.D
     data = run_data(uri, results)
     summary = method_summary(results)
     chosen = tables.resolve_baseline(sorted(summary.method.unique()), baseline)
-    page = report.build(sweep_name, results.run_key.nunique(), tables_html, summary, chosen, data)
+    page = report_page.build(sweep_name, results.run_key.nunique(), tables_html, summary, chosen, data)
     track.log_text(uri, parent_run_id, page, "report.html")
     for run_id, rows in results.groupby("run_id"):
         own = {name: frame[frame.run_id == run_id] if len(frame) else frame for name, frame in data.items()}
         own_items = items[items.run_key == rows.run_key.iloc[0]] if items is not None and len(items) else pd.DataFrame()
-        track.log_text(uri, run_id, report.cell_page(rows, own, own_items), "report.html")
+        track.log_text(uri, run_id, report_page.cell_page(rows, own, own_items), "report.html")

@@ -17,8 +17,8 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_v
 
 from adapters import catalog
 from jobs import backbones, families
-from pipeline import cluster
 from jobs.contract import Cell, EvalArgs, Regime, Resources, Strict, TrainArgs, row_label
+from pipeline import cluster
 
 
 class SpecError(ValueError):

@@ -12,7 +12,6 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import adapters
-from adapters import elementwise
 from adapters.registry import MethodError
 from jobs import backbones
 

@@ -19,9 +19,11 @@ from unittest import mock
 import pytest
 
 from pipeline import spec, track
-from pipeline.cluster import connect, simulate
 from pipeline.__main__ import main
+from pipeline.cluster import connect, simulate
 from tests.helpers import TINY_SWEEP
+
+pytestmark = pytest.mark.slow  # real Ray, DeepSpeed engines or processes
 
 GPU_CELLS = (
     TINY_SWEEP.replace("  - name: none\n", "").replace("seeds: [1]", "seeds: [1, 2, 3, 4, 5]")

@@ -16,6 +16,8 @@ from pipeline import track
 from pipeline.__main__ import main
 from tests.helpers import TINY_SWEEP
 
+pytestmark = pytest.mark.slow  # real Ray, DeepSpeed engines or processes
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 

@@ -16,6 +16,8 @@ from pipeline import track
 from pipeline.schedule import rank_env
 from tests.helpers import TINY_SWEEP, kill_group, ray_worker_pids, run_sweep, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # real Ray, DeepSpeed engines or processes
+
 ONE_LORA = TINY_SWEEP.replace("  - name: none\n", "").replace("max_steps: 6", "max_steps: 30").replace("limit: 16", "limit: 8")
 TWO_RANKS = ONE_LORA.replace("name: tiny", "name: ranks2") + "resources: {cpus: 1, processes: 2}\ncheckpoint_every: 5\nmax_retries: 1\n"
 ONE_RANK = ONE_LORA.replace("name: tiny", "name: ranks1").replace("micro_batch_size: 4", "micro_batch_size: 4, grad_accum: 2")

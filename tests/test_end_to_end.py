@@ -11,6 +11,8 @@ from pipeline import spec, track
 from pipeline.__main__ import main
 from tests.helpers import TINY_SWEEP
 
+pytestmark = pytest.mark.slow  # real Ray, DeepSpeed engines or processes
+
 
 def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_uri, local_ray, capsys):
     path = write_spec(TINY_SWEEP)

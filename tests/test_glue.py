@@ -13,11 +13,11 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 import adapters
 from jobs import backbones
+from jobs.contract import TrainArgs
 from jobs.families import glue
 from jobs.train import train
 from pipeline import spec, track
 from pipeline.__main__ import main
-from jobs.contract import TrainArgs
 
 GLUE_SWEEP = """
 name: tinyglue
@@ -52,6 +52,7 @@ def test_metrics_agree_with_scikit_learn_and_scipy():
     assert glue.metrics("stsb", scores, predicted)["spearman"] == pytest.approx(1.0)  # same order
 
 
+@pytest.mark.slow  # DeepSpeed engines
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "stsb"])  # one sentence, a pair, regression
 def test_tiny_encoder_trains_and_scores(task, data_dir):
     torch.manual_seed(0)
@@ -109,6 +110,7 @@ def test_encoder_backbone_on_commonsense_is_rejected(write_spec):
         spec.load(write_spec(TINY_SWEEP.replace("[tiny-llama]", "[tiny-bert]")))
 
 
+@pytest.mark.slow  # DeepSpeed engines
 def test_glue_cell_runs_through_ray_and_mlflow(write_spec, tracking_uri, local_ray, capsys):
     path = write_spec(GLUE_SWEEP.replace("[sst2, mrpc, cola, rte, stsb]", "[rte]"))
     assert main(["run", str(path), "--tracking-uri", tracking_uri]) == 0

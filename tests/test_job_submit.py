@@ -17,10 +17,13 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
-from pipeline.schedule import free_port
 from pipeline import spec, track
+from pipeline.schedule import free_port
 from tests.helpers import TINY_SWEEP
+
+pytestmark = pytest.mark.slow  # real Ray, DeepSpeed engines or processes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,14 +3,14 @@ MLflow, DeepSpeed), an identical rerun exits 0, a throughput blip inside the noi
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import nightly, track
 from pipeline.__main__ import main
-from tests.helpers import local_ray_instance
-from tests.helpers import sweep_frames
+from tests.helpers import local_ray_instance, sweep_frames
+
+pytestmark = pytest.mark.slow  # real Ray, DeepSpeed engines or processes
 
 # tiny-llama is random: untrained, it prefers one BoolQ answer for every question. A few steps
 # at a large rate teach it the label prior, so trained and untrained LoRA disagree on most items.

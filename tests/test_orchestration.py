@@ -8,15 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from jobs import families
 from pipeline import spec, track
-from tests.helpers import TINY_SWEEP
+from tests.helpers import TINY_SWEEP, kill_group, ray_worker_pids, run_sweep, wait_for_checkpoint
+
+pytestmark = pytest.mark.slow  # real Ray, DeepSpeed engines or processes
 
 # One LoRA cell, long enough (40 steps, a checkpoint every 5) to be killed in the middle.
 LONG = TINY_SWEEP.replace("  - name: none\n", "").replace("max_steps: 6", "max_steps: 40").replace("limit: 16", "limit: 8") + "checkpoint_every: 5\n"

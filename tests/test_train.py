@@ -27,6 +27,7 @@ def test_truncation_keeps_the_answer():
     assert tokenizer.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l != IGNORE]) == " the answer"
 
 
+@pytest.mark.slow  # DeepSpeed engines
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_deepspeed_steps_lower_the_loss(zero_stage, data_dir):
     model, tokenizer = backbones.load("tiny-llama")
@@ -41,6 +42,7 @@ def test_deepspeed_steps_lower_the_loss(zero_stage, data_dir):
     assert result.tokens_per_s > 0
 
 
+@pytest.mark.slow  # DeepSpeed engines
 def test_training_is_deterministic_for_a_seed(data_dir):
     examples = tasks.training_examples(["arc_easy"], 8, 0, data_dir)
     args = TrainArgs(lr=1e-3, micro_batch_size=4, max_steps=3, max_seq_len=96)
@@ -51,6 +53,7 @@ def test_training_is_deterministic_for_a_seed(data_dir):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.slow  # DeepSpeed engines
 def test_divergence_is_an_error(data_dir):
     model, tokenizer = backbones.load("tiny-llama")
     model = adapters.apply(model, "lora", r=4)
