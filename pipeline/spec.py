@@ -9,6 +9,7 @@ hyperparameter that itself takes a list is written as a one-value grid: `[[q_pro
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -273,8 +274,10 @@ def _check_method(path: Path, where: str, method: MethodSpec, used_backbones: li
             raise SpecError(f"{path}: {where}: {err}") from None
         for key in ("target_modules", "feedforward_modules"):
             names = values.get(key)
+            if isinstance(names, str) and names != "all-linear" and re.fullmatch(r"[\w.]+", names):
+                names = [names]  # a plain name (a grid of one list value in YAML), not a pattern
             if not isinstance(names, (list, tuple)):
-                continue  # a pattern ("all-linear", a regex) or peft's default: peft resolves it
+                continue  # "all-linear", a regex or peft's default: peft resolves it
             for backbone in used_backbones:
                 modules = backbones.linear_modules(backbone.name)
                 missing = [n for n in names if modules and not any(m == n or m.endswith("." + n) or n.endswith("." + m) for m in modules)]

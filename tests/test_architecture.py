@@ -113,3 +113,50 @@ def test_every_declared_method_has_a_builder_taking_exactly_its_hyperparameters(
     for name in catalog.available():
         takes = [p for p in inspect.signature(registry.builder(name)).parameters if p != "model"]
         assert sorted(takes) == sorted(catalog.hyperparameters(name)), name
+
+
+def test_the_console_script_takes_the_same_subcommands(tmp_path):
+    script = Path(sys.executable).parent / "peftbench"
+    assert script.exists(), "pip install -e . puts the peftbench console script beside the interpreter"
+    ok = subprocess.run([str(script), "validate", "configs/quickstart.yaml"], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and "ok, 6 cells" in ok.stdout
+    bad = subprocess.run([str(script), "validate", str(tmp_path / "missing.yaml")], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("no such file")
+
+
+@pytest.mark.parametrize(
+    "hparams, message",
+    [
+        ("{reading: nonsense}", "methods.1.hparams.reading: must be one of paper, fixed, got 'nonsense'"),
+        ("{lora_dropout: 1.5}", "methods.1.hparams.lora_dropout: must be a probability in [0, 1), got 1.5"),
+        ("{target_modules: [nonexistent_proj]}", "methods.1.hparams.target_modules: tiny-llama has no linear module 'nonexistent_proj'"),
+    ],
+)
+def test_bad_hyperparameter_values_fail_at_validate(write_spec, capsys, hparams, message):
+    from pipeline.__main__ import main
+    from tests.helpers import TINY_SWEEP
+
+    text = TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", f"name: lr_lora\n    hparams: {hparams}")
+    assert main(["validate", str(write_spec(text))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err, err
+
+
+@pytest.mark.parametrize("method, hparams", [("lora", "{lora_alpha: 0.5}"), ("adalora", "{init_r: 8, target_r: 4}"), ("lora_shift", "{shift: cyclic}")])
+def test_valid_hyperparameter_values_pass_validate(write_spec, method, hparams):
+    from pipeline.__main__ import main
+    from tests.helpers import TINY_SWEEP
+
+    assert main(["validate", str(write_spec(TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", f"name: {method}\n    hparams: {hparams}")))]) == 0
+
+
+def test_adalora_target_above_init_and_lora_shift_bad_shift_fail_at_validate(write_spec, capsys):
+    from pipeline.__main__ import main
+    from tests.helpers import TINY_SWEEP
+
+    for method, hparams, message in [
+        ("adalora", "{init_r: 4, target_r: 8}", "methods.1.hparams.target_r: (8) must not exceed init_r (4)"),
+        ("lora_shift", "{shift: nonsense}", "methods.1.hparams.shift: must be one of linear, cyclic, learned"),
+    ]:
+        assert main(["validate", str(write_spec(TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", f"name: {method}\n    hparams: {hparams}")))]) == 2
+        assert message in capsys.readouterr().err
