@@ -4,6 +4,8 @@ import datasets
 from lm_eval.tasks.hellaswag.utils import preprocess
 from lm_eval.tasks.winogrande.preprocess_winogrande import (  # noqa: F401  (named by winogrande.yaml)
     doc_to_choice as winogrande_doc_to_choice,
+    doc_to_target as winogrande_doc_to_target,
+    doc_to_text as winogrande_doc_to_text,
 )
 
 
