@@ -1,7 +1,7 @@
 """`python -m adapters.bench [--quick]`: step time and peak memory of each method relative to LoRA.
 
-About 4 minutes with --quick on 2 CPU cores (LR-LoRA's SmolLM2 step is about 4 s there), longer
-without. Run it on an otherwise idle machine: the ratios are only as good as that.
+--quick takes minutes on 2 CPU cores (README, Measured), the full run longer. Run it on an
+otherwise idle machine: the ratios are only as good as that.
 
 Two settings, measured side by side in one run:
 1. one adapted linear (d = k = 1024 and 2048, T = 2048 tokens, r = 16, G = 50): forward and

@@ -91,7 +91,7 @@ def layer_index(name: str) -> int:
 
 
 def stable_rank_by_depth(modules: pd.DataFrame) -> str:
-    """Stable rank of ΔW by layer, attention vs MLP, mean over modules and seeds (seed 001 Fig. 2)."""
+    """Stable rank of ΔW by layer, attention vs MLP, mean over modules and seeds (LR-LoRA paper, Fig. 2)."""
     frame = modules.assign(kind=modules.module.map(module_kind), layer=modules.module.map(layer_index))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, kind in zip(axes, ("attention", "mlp")):

@@ -46,7 +46,7 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
     """
     _quiet_libraries()
     # Compiled ops belong to one interpreter and torch build: two venvs sharing one cache dir
-    # (two checkouts) would otherwise rebuild each other's ops at every cell, about 40 s each.
+    # (two checkouts) would otherwise rebuild each other's ops at every cell (README, Measured).
     build = hashlib.sha256(f"{sys.prefix}:{torch.__version__}".encode()).hexdigest()[:12]
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions" / build))
     checkpoints = Path(checkpoint_dir or backbones.cache_dir() / "checkpoints") / cell.run_key
@@ -181,10 +181,9 @@ def _reset_peak_memory() -> None:
     reset the kernel's high-water mark VmHWM to the current resident set (Linux: "5" written to
     /proc/self/clear_refs). Elsewhere the process's lifetime peak is what is left to read.
     What survives the collection (imports, library caches) is frozen (gc.freeze), so the next
-    cell's collection scans only what this cell leaves behind: ~0.005 s in a `pipeline.bench`
-    worker, where a full one costs 0.34 s after the imports. The first cell has nothing
-    of an earlier one to drop (a flag, not gc.get_freeze_count(): that walks every frozen object,
-    0.08 s)."""
+    cell's collection scans only what this cell leaves behind, not every imported module. The
+    first cell has nothing of an earlier one to drop (a flag, not gc.get_freeze_count(): that
+    walks every frozen object). Costs: README, Measured."""
     global _worker_has_run_a_cell
     if _worker_has_run_a_cell:
         gc.collect()

@@ -4,7 +4,7 @@ Runs a sweep of short tiny-llama cells (20 by default) on a local Ray with 2 CPU
 makespan / ideal, where ideal = the sum of the cells' own times (their MLflow runs, start to
 end) / the slots (cells that fit at once). Ray's start-up is outside the makespan; everything
 else is inside it: each worker's one-time start (its process and the imports of torch,
-DeepSpeed, transformers and lm-eval, about 7 s on 2 cores; workers are reused from cell to cell)
+DeepSpeed, transformers and lm-eval; workers are reused from cell to cell)
 and the per-cell dispatch. The overhead lines say how much each is.
 """
 

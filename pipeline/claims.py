@@ -188,7 +188,7 @@ def check(
     """One verdict per (claim, measured backbone × regime), columns COLUMNS.
 
     Each distinct comparison (method, baseline, block, tasks) is tested once with
-    `stats.average_difference` (seed 001's protocol); Holm–Bonferroni runs over those comparisons,
+    `stats.average_difference` (the LR-LoRA paper's protocol); Holm–Bonferroni runs over those comparisons,
     so claims that share a comparison do not inflate the family.
     """
     claims = claims if isinstance(claims, ClaimsFile) else load(claims)

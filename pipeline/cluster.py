@@ -32,7 +32,7 @@ def connect(address: str | None, **local) -> None:
     (Ray refuses to merge two values of one variable). A local instance's workers are children
     of the raylet that `ray.init` starts, so they get them through the environment it inherits
     instead: a job with a runtime env cannot use the workers Ray prestarts at start-up, and each
-    new worker's runtime env set-up costs about 1.5 s (`python -m pipeline.bench`).
+    new worker's runtime env set-up costs time (`python -m pipeline.bench`; README, Measured).
     """
     import ray
 

@@ -3,7 +3,7 @@
 The driver decides what runs where; the task (`jobs.cell.run_cell`) knows nothing about the
 sweep. One-process CPU cells reuse Ray's worker processes (Ray's default for CPU tasks), so
 torch, DeepSpeed and lm-eval are imported once per worker, not once per cell (a fresh process per
-cell cost about 12 s of slot time per cell, `python -m pipeline.bench`); the cell resets the
+cell pays them again: `python -m pipeline.bench`, README, Measured); the cell resets the
 process's peak-memory mark when it starts (jobs.cell). A GPU cell gets a fresh process
 (`max_calls=1`), which hands the device back whole. A cell with `processes: N` runs as N rank
 actors in one placement group (STRICT_PACK: all ranks on one node, so NCCL stays within it),

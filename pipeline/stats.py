@@ -30,7 +30,7 @@ PAIR = BLOCK + ["task", "seed"]
 FRACTION_METRICS = ("acc", "acc_norm", "mcc", "f1", "pearson", "spearman", "exact_match")
 # Which metric stands for a task in tables when a run logged several.
 PRIMARY_METRICS = ("acc", "mcc", "pearson", "f1", "acc_norm", "exact_match")
-# Column order of GLUE tasks, as seed 001 Table 2 has them (other tasks keep their order, first).
+# Column order of GLUE tasks, as the LR-LoRA paper's Table 2 has them (other tasks keep their order, first).
 GLUE_ORDER = ("sst2", "mrpc", "cola", "qnli", "rte", "stsb")
 # A task of this name carries a reported average (published numbers), not a task of its own.
 REPORTED_AVERAGE = "avg"
