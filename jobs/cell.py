@@ -10,30 +10,19 @@ import ctypes
 import gc
 import hashlib
 import json
-import logging
 import os
 import resource
 import shutil
 import sys
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 import adapters
-from jobs import backbones, diagnostics, families, memory, tracking
-from jobs.contract import Cell
+from jobs import backbones, diagnostics, families, memory, quiet, tracking
+from jobs.contract import Cell, JobResult
 from jobs.train import train
-
-
-@dataclass
-class JobResult:
-    run_key: str
-    status: str  # FINISHED or FAILED
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
 
 
 def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, checkpoint_dir: str | None = None) -> JobResult:
@@ -44,7 +33,7 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
     In a multi-process cell (RANK set by the scheduler) only rank 0 logs and evaluates; the
     other ranks train their share of each batch and return.
     """
-    _quiet_libraries()
+    quiet.configure()
     # Compiled ops belong to one interpreter and torch build: two venvs sharing one cache dir
     # (two checkouts) would otherwise rebuild each other's ops at every cell (README, Measured).
     build = hashlib.sha256(f"{sys.prefix}:{torch.__version__}".encode()).hexdigest()[:12]
@@ -209,18 +198,6 @@ def _peak_memory_mb() -> float:
         return memory.status_kb("VmHWM") / 1024
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _quiet_libraries() -> None:
-    """Keep job output to warnings: the progress display lives in the driver."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    for name in ("deepspeed", "DeepSpeed", "datasets", "bitsandbytes"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # lm-eval warns at every local task load that custom datasets take `--metadata`: not news.
-    for name in ("lm-eval", "lm_eval"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str]) -> None:

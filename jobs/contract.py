@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -103,3 +104,14 @@ def row_label(name: str, shown: dict[str, Any]) -> str:
         return name
     inner = ", ".join(f"{k}={v}" for k, v in shown.items())
     return f"{name[:-1]}, {inner})" if name.endswith(")") and "(" in name else f"{name}({inner})"
+
+
+@dataclass
+class JobResult:
+    """What a cell returns to the driver: its run, how it ended, its metrics or its error."""
+
+    run_key: str
+    status: str  # FINISHED or FAILED
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def cell_run(uri: str, cell, parent_run_id: str | None, extra_tags: dict[str, st
         yield handle
     except BaseException as err:
         store.set_tag(run.info.run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        store.log_text(run.info.run_id, traceback.format_exc(), "error.txt")
         store.set_terminated(run.info.run_id, "FAILED")
         raise
     store.set_terminated(run.info.run_id, "FINISHED")

@@ -6,41 +6,46 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jobs import quiet
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="peftbench: benchmark PEFT methods with evidence.")
     commands = parser.add_subparsers(dest="command", required=True)
+    loud = argparse.ArgumentParser(add_help=False)
+    loud.add_argument("--verbose", action="store_true", help="show the libraries' warnings and the cells' own output (quiet by default)")
     address = {"default": None, "help": "Ray cluster address (default: $RAY_ADDRESS, else a local Ray / this machine)"}
     tracking = {"default": None, "help": "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"}
-    run = commands.add_parser("run", help="run a sweep and print its comparison table")
+    run = commands.add_parser("run", parents=[loud], help="run a sweep and print its comparison table")
     run.add_argument("spec", help="sweep file (YAML)")
     run.add_argument("--address", **address)
     run.add_argument("--tracking-uri", **tracking)
     run.add_argument("--checkpoint-dir", default=None, help="where cells checkpoint (default: the cache dir)")
-    validate = commands.add_parser("validate", help="check a sweep file; exit 2 with one line naming what is wrong")
+    validate = commands.add_parser("validate", parents=[loud], help="check a sweep file; exit 2 with one line naming what is wrong")
     validate.add_argument("spec")
     validate.add_argument("--address", **address)
-    plan = commands.add_parser("plan", help="list a sweep's cells, which are already finished, and their cost; run nothing")
+    plan = commands.add_parser("plan", parents=[loud], help="list a sweep's cells, which are already finished, and their cost; run nothing")
     plan.add_argument("spec")
     plan.add_argument("--address", **address)
     plan.add_argument("--tracking-uri", **tracking)
-    status = commands.add_parser("status", help="done/running/failed/remaining cells of a sweep, from MLflow alone")
+    status = commands.add_parser("status", parents=[loud], help="done/running/failed/remaining cells of a sweep, from MLflow alone")
     status.add_argument("sweep", help="the sweep's name")
     status.add_argument("--tracking-uri", **tracking)
-    report = commands.add_parser("report", help="significance-tested comparison tables of a sweep (MLflow) or a results CSV")
+    report = commands.add_parser("report", parents=[loud], help="significance-tested comparison tables of a sweep (MLflow) or a results CSV")
     report.add_argument("source", help="a sweep's name, or a CSV: a saved results frame or a paper's table (../shared/claims)")
     report.add_argument("--format", choices=("md", "html", "tex", "csv"), default="md")
     report.add_argument("--baseline", default=None, help="the method every row is tested against (default: lora)")
     report.add_argument("--claims", default=None, help="a claims file (configs/claims/*.yaml): a verdict per claim")
     report.add_argument("--aso", action="store_true", help="add deepsig's ASO per task (slow)")
     report.add_argument("--tracking-uri", **tracking)
-    nightly = commands.add_parser("nightly", help="run the nightly suite as a new night; exit 1 on a significant regression vs an earlier night")
+    nightly = commands.add_parser("nightly", parents=[loud], help="run the nightly suite as a new night; exit 1 on a significant regression vs an earlier night")
     nightly.add_argument("--spec", default="configs/nightly.yaml", help="the suite (default: configs/nightly.yaml)")
     nightly.add_argument("--against", default="last", help="`last` (the newest earlier night that passed) or a nightly parent run's id")
     nightly.add_argument("--address", **address)
     nightly.add_argument("--tracking-uri", **tracking)
     nightly.add_argument("--out", default=None, help="also write nightly.md and nightly.html into this directory")
     args = parser.parse_args(argv)
+    quiet.configure(args.verbose)
 
     if args.command == "nightly":
         from pipeline import cluster, spec, track

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-from jobs import families
+from jobs import families, quiet
 from jobs.contract import Cell
 
 
@@ -38,18 +38,19 @@ def connect(address: str | None, **local) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in ("PEFTBENCH_DATA", "PEFTBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if k in os.environ}
+    env = {k: os.environ[k] for k in ("PEFTBENCH_DATA", "PEFTBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", quiet.VERBOSE_ENV) if k in os.environ}
     if families.data_dir():
         env["PEFTBENCH_DATA"] = str(families.data_dir())
     env["TQDM_DISABLE"] = "1"  # the driver's bar is the progress display; job bars would interleave
+    quiet.configure()  # again: importing Ray set its loggers' levels
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         with mock.patch.dict(os.environ, env):  # only while Ray starts: the driver's own bar must stay on
-            ray.init(address="local", **{"log_to_driver": True, "configure_logging": False, **local})
+            ray.init(address="local", **{"log_to_driver": quiet.verbose(), "configure_logging": False, **local})
         return
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
     env = {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=quiet.verbose(), configure_logging=False)
 
 
 def nodes(address: str | None, described=None) -> tuple[list[dict[str, float]], str]:

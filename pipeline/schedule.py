@@ -25,8 +25,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
-from jobs.cell import JobResult, run_cell
-from jobs.contract import Cell
+from jobs.contract import Cell, JobResult
 from pipeline import track
 from pipeline.cluster import demand
 
@@ -48,7 +47,7 @@ def run_cells(
     The bar counts skipped (already finished) cells as done; its remaining time is the ETA.
     """
     # CPU cells reuse workers; a GPU cell gets a fresh process, which returns the device whole
-    reused, fresh = ray.remote(max_retries=0)(run_cell), ray.remote(max_calls=1, max_retries=0)(run_cell)
+    reused, fresh = ray.remote(max_retries=0)(_run_cell), ray.remote(max_calls=1, max_retries=0)(_run_cell)
     grouped = ray.remote(num_cpus=0, max_retries=0)(_run_ranks)
     queue, pending, groups, attempts, results = list(cells), {}, {}, Counter(), []
     limit = max_concurrent or len(cells)
@@ -68,7 +67,7 @@ def run_cells(
                     groups[ref] = group
                 pending[ref] = cell
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            last = ""
+            last, ended = "", 0
             for ref in ready:
                 cell = pending.pop(ref)
                 result = _result(ref, cell, tracking_uri, parent_run_id)
@@ -80,10 +79,15 @@ def run_cells(
                     queue.append(cell)
                 else:
                     results.append(result)
-                    bar.update()
+                    ended += 1
                 last = f"{cell.label}/s{cell.seed}{' retrying' if retry else ''}"
             failed = sum(r.status != "FINISHED" for r in results)
-            bar.set_postfix(done=len(results) - failed, running=len(pending), failed=failed, skipped=skipped, queued=len(queue), **({"last": last} if last else {}), refresh=interval < 1)
+            # The counts first, then the count of cells: a redraw never shows one without the other.
+            bar.set_postfix(done=len(results) - failed, running=len(pending), failed=failed, skipped=skipped, queued=len(queue), **({"last": last} if last else {}), refresh=False)
+            if ended:
+                bar.update(ended)
+            elif interval < 1:
+                bar.refresh()
     return results
 
 
@@ -100,6 +104,13 @@ def _next_fitting(queue: list[Cell], running) -> Cell | None:
     return None
 
 
+def _run_cell(*args) -> JobResult:
+    """`jobs.cell.run_cell`, imported where it runs: the driver never loads torch or DeepSpeed."""
+    from jobs.cell import run_cell
+
+    return run_cell(*args)
+
+
 @ray.remote(max_restarts=0, max_task_retries=0)
 class _Rank:
     """One DeepSpeed rank of a multi-process cell, in a worker process of its own."""
@@ -111,7 +122,7 @@ class _Rank:
 
     def run(self, env: dict[str, str], *args) -> JobResult:
         os.environ.update(env)
-        return run_cell(*args)
+        return _run_cell(*args)
 
 
 def _run_ranks(cell: Cell, group: PlacementGroup, tracking_uri: str, parent_run_id: str | None, checkpoint_dir: str | None) -> JobResult:

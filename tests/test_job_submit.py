@@ -64,6 +64,9 @@ def test_ray_job_submit_runs_a_sweep_on_a_started_cluster(write_spec, tmp_path, 
         shutil.rmtree(temp, ignore_errors=True)
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-3000:]
     assert "succeeded" in submit.stdout and "| lora" in submit.stdout
+    # Quiet by default: the libraries' chatter (DeepSpeed, transformers, git via lm-eval, MLflow) stays off the terminal.
+    for noise in ("Setting accelerator to CPU", "FutureWarning", "built successfully", "fatal: not a git", "INFO mlflow"):
+        assert noise not in submit.stdout + submit.stderr, noise
     runs = track.cell_runs(uri, "tiny")
     assert sorted(r.data.tags["run_key"] for r in runs) == sorted(c.run_key for c in spec.expand(spec.load(path)))
 
