@@ -110,13 +110,11 @@ def paired_t(a, b, unit: str = "seeds") -> Significance:
     """Two-sided paired t-test (scipy `ttest_rel`); `unit` says what the pairs are."""
     if len(a) < 2:
         return NOT_TESTED
-    name = f"paired t-test over {unit}"
-    if np.array_equal(a, b):  # scipy says NaN (0/0); no difference at all is no evidence: p = 1
-        return Significance(name, 1.0, 0.0, n=len(a))
-    with warnings.catch_warnings():  # equal nonzero differences: scipy warns, gives t = ±inf, p = 0
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_rel(a, b)
-    return Significance(name, float(result.pvalue), float(result.statistic), n=len(a))
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if np.ptp(d) == 0:  # no spread: the t statistic is 0/0 or ±inf, not evidence; the exact test is
+        return sign_flip(d, unit)
+    result = stats.ttest_rel(a, b)
+    return Significance(f"paired t-test over {unit}", float(result.pvalue), float(result.statistic), n=len(a))
 
 
 def wilcoxon_signed_rank(a, b, unit: str = "seeds") -> Significance:
@@ -158,29 +156,6 @@ def holm(tests: Sequence[Significance], alpha: float = ALPHA) -> list[Significan
     for i, p in zip(finite, adjusted):
         out[i] = replace(tests[i], p=float(p), correction=label)
     return out
-
-
-def stratified_bootstrap_ci(
-    differences_by_task: Mapping[str, Sequence[float]], level: float = 0.95, n_resamples: int = 2000, seed: int = 0
-) -> Interval:
-    """Percentile CI of the average over tasks of the per-task mean paired difference.
-
-    Written by hand: scipy's bootstrap has no strata. Each task's paired differences are resampled
-    with replacement within that task, so every replicate keeps all tasks and weighs them equally,
-    as the Average column of a table does. Drawing n items with replacement is drawing how often
-    each distinct value comes up (multinomial), which keeps memory small: per-item differences of
-    right/wrong scores take a handful of values even on a 10k-item task.
-    """
-    rng = np.random.default_rng(seed)
-    task_means = []
-    for diffs in differences_by_task.values():
-        distinct, counts = np.unique(np.asarray(diffs, float), return_counts=True)
-        drawn = rng.multinomial(counts.sum(), counts / counts.sum(), size=n_resamples)
-        task_means.append(drawn @ distinct / counts.sum())
-    replicates = np.mean(task_means, axis=0)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(replicates, [tail, 100 - tail])
-    return Interval(float(low), float(high), level, "bootstrap stratified by task")
 
 
 # ---- from frames to paired arrays -----------------------------------------------------------
@@ -232,7 +207,233 @@ def paired_items(items: pd.DataFrame, method: str, baseline: str, score: str = "
     return a.merge(b, on=keys, suffixes=("_a", "_b"))
 
 
-# ---- comparisons of one method against a baseline ----------------------------------------
+# ---- the comparison behind every mark ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Difference:
+    """method − baseline in points over a set of tasks (one task: a table cell; all: its Average),
+    each task weighing the same, with the test, CI and power of that one comparison.
+
+    `se` and `df` are the standard error and degrees of freedom the test used; `mde` needs the
+    α the report's family leaves to the comparison, so it is computed from them (`mde`).
+    """
+
+    diff: float
+    test: Significance
+    ci: Interval | None
+    tasks: tuple[str, ...]
+    n_seeds: int
+    n_items: int  # items per seed, summed over tasks; 0 when only per-seed values were compared
+    baseline_mean: float  # the baseline's mean over the same tasks and seeds, for relative gains
+    se: float = math.nan
+    df: float = math.nan
+    design: str = "untestable"  # crossed | items | seeds | tasks | untestable
+
+
+def family_key(backbone: str, regime: str, method: str, baseline: str, tasks) -> tuple:
+    """What makes two comparisons one: a table's cell and a claim on the same rows and tasks share it."""
+    return (backbone, regime, method, baseline, tuple(sorted(tasks)))
+
+
+def untestable(why: str) -> Significance:
+    return Significance(f"untestable ({why})", math.nan)
+
+
+def format_p(p: float) -> str:
+    """A p-value as printed: never 0 (a p below what floats hold is shown as below it)."""
+    if math.isnan(p):
+        return "—"
+    return "<1e-300" if p < 1e-300 else f"{p:.3g}"
+
+
+def sign_flip(differences, unit: str) -> Significance:
+    """Exact two-sided sign-flip (paired permutation) test of mean difference 0 (scipy).
+
+    Exact over all 2^n flips, so n constant differences give p = 2/2^n, never 0, and all-zero
+    differences give p = 1."""
+    d = np.asarray(differences, float)
+    if len(d) < 2:
+        return untestable(f"n={len(d)} {unit}")
+    result = stats.permutation_test(
+        (d, np.zeros_like(d)), lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples", vectorized=True, n_resamples=np.inf if len(d) <= 16 else 65536,
+        alternative="two-sided", rng=np.random.default_rng(0),
+    )
+    return Significance(f"exact sign-flip over {unit}", float(min(result.pvalue, 1.0)), float(d.mean()), n=len(d))
+
+
+def _satterthwaite(terms: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """(Σ c·v, its Satterthwaite df) for terms (coefficient c, variance estimate v, its df)."""
+    total = sum(c * v for c, v, _ in terms)
+    spread = sum((c * v) ** 2 / df for c, v, df in terms if c and df > 0)
+    return total, (total**2 / spread if spread > 0 else math.inf)
+
+
+def crossed_variance(matrices: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(variance, df) of the average over tasks of each task's mean paired difference, seeds and
+    items both random.
+
+    Each matrix is one task's per-item differences, seeds × items: a seed's run is shared by every
+    task, a task's items by every seed. Written by hand (no well-kept library tests a crossed
+    seeds × items design): the variance is the seeds' part, the variance of the per-seed means
+    over S, plus each task's items' part, the variance of its per-item means over its I items
+    (Clark 1973's two random factors), with Satterthwaite's (1946) df for their sum. Both parts
+    hold the seed × item interaction once, so the sum counts it twice: conservative by that much,
+    never negative, and no variance component is estimated as zero from two or three seeds. With
+    one seed, run-to-run variance is not estimable and only the items' part is left.
+    """
+    w = 1.0 / len(matrices) ** 2
+    terms = [(1, w * m.mean(axis=0).var(ddof=1) / m.shape[1], m.shape[1] - 1) for m in matrices if m.shape[1] > 1]
+    n_seeds = matrices[0].shape[0]
+    if n_seeds > 1:
+        seed_means = np.mean([m.mean(axis=1) for m in matrices], axis=0)
+        terms.append((1, seed_means.var(ddof=1) / n_seeds, n_seeds - 1))
+    return _satterthwaite(terms)
+
+
+def _t_result(diff: float, variance: float, df: float, name: str, n: int, n_items_total: int, interval: str) -> tuple[Significance, Interval]:
+    """Two-sided t test and 95% t interval of `diff` with the given variance and df."""
+    if variance <= 0:  # every paired difference identical: exact sign-flip over the items
+        p = 1.0 if diff == 0 else min(1.0, 2.0 ** (1 - n_items_total))
+        return Significance(name, p, math.inf if diff else 0.0, n=n), Interval(diff, diff, 0.95, "no spread at all")
+    se = math.sqrt(variance)
+    t = diff / se
+    p = float(2 * stats.t.sf(abs(t), df))
+    half = float(stats.t.ppf(0.975, df)) * se
+    return Significance(name, p, t, n=n), Interval(diff - half, diff + half, 0.95, interval)
+
+
+def difference(
+    pairs: pd.DataFrame, item_pairs: pd.DataFrame | None = None, tasks: Sequence[str] | None = None, score: str = "acc"
+) -> Difference:
+    """method − baseline over `tasks` (default: every task in `pairs`), on the (seed, task) pairs
+    where both have a finite value, using only seeds complete on every task.
+
+    `pairs` is `paired_seeds` of one block, `item_pairs` `paired_items` of it. The test:
+    - per-item scores for every task and seed, two or more seeds: a t test whose variance counts
+      seed-to-seed and item sampling (`crossed_variance`);
+    - one seed: the items alone (exact McNemar for one task of 0/1 scores), run-to-run variance untested;
+    - per-seed values only: the exact sign-flip test over seeds;
+    - published means (no seeds of ours): the paper's protocol, a paired t-test over per-task means.
+    """
+    pairs = pairs[np.isfinite(pairs["value_a"].astype(float)) & np.isfinite(pairs["value_b"].astype(float))]
+    tasks = tuple(tasks) if tasks is not None else tuple(sorted(set(pairs["task"])))
+    pairs = pairs[pairs["task"].isin(tasks)]
+    if len(pairs) and (pairs["seed"] == PUBLISHED_SEED).all():
+        return _published_difference(pairs, tasks)
+    complete = [s for s, g in pairs.groupby("seed") if set(g["task"]) >= set(tasks)]
+    pairs = pairs[pairs["seed"].isin(complete)]
+    if not complete or not tasks:
+        return Difference(math.nan, untestable("n=0 complete seeds"), None, tasks, 0, 0, math.nan)
+    by_task = pairs.groupby("task")[["value_a", "value_b"]].mean()
+    diff = float((by_task["value_a"] - by_task["value_b"]).mean())
+    baseline_mean = float(by_task["value_b"].mean())
+    matrices = _item_matrices(item_pairs, tasks, complete, score) if item_pairs is not None else None
+    n_seeds = len(complete)
+    if matrices is None:
+        per_seed = pairs.groupby("seed").apply(lambda g: (g["value_a"] - g["value_b"]).mean(), include_groups=False).to_numpy()
+        test = sign_flip(per_seed, "seeds")
+        ci, se = None, math.nan
+        if n_seeds >= 2 and np.ptp(per_seed) > 0:
+            se = float(per_seed.std(ddof=1) / math.sqrt(n_seeds))
+            low, high = stats.ttest_1samp(per_seed, 0).confidence_interval(0.95)
+            ci = Interval(float(low), float(high), 0.95, "t interval over seeds")
+        if n_seeds < 2:
+            test = untestable(f"n={n_seeds} seed, no per-item scores")
+        return Difference(diff, test, ci, tasks, n_seeds, 0, baseline_mean, se, n_seeds - 1, "seeds")
+    n_items = sum(m.shape[1] for m in matrices)
+    diff = float(np.mean([m.mean() for m in matrices]))
+    variance, df = crossed_variance(matrices)
+    if n_seeds == 1 and len(matrices) == 1 and np.isin(matrices[0], (-100, 0, 100)).all():
+        a, b = _item_scores(item_pairs, tasks[0], complete[0], score)
+        test, ci = mcnemar_exact(a, b), _t_result(diff, variance, df, "items", n_items, n_items, "t interval over items")[1]
+        design = "items"
+    elif n_seeds == 1:
+        test, ci = _t_result(diff, variance, df, f"t-test over {n_items} items, one seed", n_items, n_items, "t interval over items")
+        design = "items"
+    else:
+        name = f"t-test, {n_seeds} seeds × {n_items} items both random (Satterthwaite df {df:.3g})"
+        test, ci = _t_result(diff, variance, df, name, n_seeds, n_items, "t interval, seeds and items random")
+        design = "crossed"
+    return Difference(diff, test, ci, tasks, n_seeds, n_items, baseline_mean, math.sqrt(max(variance, 0.0)), df, design)
+
+
+def _published_difference(pairs: pd.DataFrame, tasks: tuple[str, ...]) -> Difference:
+    """Published means, one per task: the tasks are the only replicates (the LR-LoRA paper's own
+    protocol, App. B.2); equal differences on every task get the exact sign-flip p."""
+    by_task = pairs.groupby("task")[["value_a", "value_b"]].mean()
+    d = (by_task["value_a"] - by_task["value_b"]).to_numpy()
+    diff, baseline_mean = float(d.mean()), float(by_task["value_b"].mean())
+    if len(d) >= 2 and np.ptp(d) > 0:
+        result = stats.ttest_1samp(d, 0)
+        low, high = result.confidence_interval(0.95)
+        test = Significance("paired t-test over per-task means", float(result.pvalue), float(result.statistic), n=len(d))
+        ci = Interval(float(low), float(high), 0.95, "t interval over per-task means")
+        return Difference(diff, test, ci, tasks, 1, 0, baseline_mean, float(d.std(ddof=1) / math.sqrt(len(d))), len(d) - 1, "tasks")
+    test = sign_flip(d, "per-task means") if len(d) >= 2 else untestable("n=1 published mean")
+    return Difference(diff, test, None, tasks, 1, 0, baseline_mean, design="tasks")
+
+
+def _item_scores(item_pairs: pd.DataFrame, task: str, seed, score: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = item_pairs[(item_pairs["task"] == task) & (item_pairs["seed"] == seed)].sort_values("doc_id")
+    return rows[f"{score}_a"].to_numpy(float), rows[f"{score}_b"].to_numpy(float)
+
+
+def _item_matrices(item_pairs: pd.DataFrame, tasks, seeds, score: str) -> list[np.ndarray] | None:
+    """Per task, seeds × items of 100·(a − b) on the items every seed scored; None unless every
+    (task, seed) has finite per-item scores."""
+    item_pairs = item_pairs[np.isfinite(item_pairs[f"{score}_a"].astype(float)) & np.isfinite(item_pairs[f"{score}_b"].astype(float))]
+    matrices = []
+    for task in tasks:
+        rows = item_pairs[(item_pairs["task"] == task) & item_pairs["seed"].isin(seeds)]
+        if rows.empty or set(rows["seed"]) != set(seeds):
+            return None
+        d = rows.assign(d=100 * (rows[f"{score}_a"].astype(float) - rows[f"{score}_b"].astype(float)))
+        matrix = d.pivot_table(index="seed", columns="doc_id", values="d", aggfunc="mean").dropna(axis=1)
+        if matrix.shape[1] == 0:
+            return None
+        matrices.append(matrix.to_numpy())
+    return matrices
+
+
+POWER = 0.8
+
+
+def mde(result: Difference, alpha: float) -> float:
+    """Minimal detectable effect (points) at 80% power and two-sided `alpha`, from the comparison's
+    own standard error and df (Card et al. 2020). Seeds-only tests: the t approximation, or inf
+    when n seeds cannot reach `alpha` at all (an exact sign-flip's smallest p is 2/2^n)."""
+    if result.design == "seeds" and (result.n_seeds < 2 or 2.0 ** (1 - result.n_seeds) > alpha):
+        return math.inf
+    if math.isnan(result.se) or result.se == 0 or not result.df > 0:
+        return math.nan
+    return float((stats.t.ppf(1 - alpha / 2, result.df) + stats.t.ppf(POWER, result.df)) * result.se)
+
+
+def per_task(
+    values: pd.DataFrame, items: pd.DataFrame | None, method: str, baseline: str, with_aso: bool = False, seed: int = 0
+) -> pd.DataFrame:
+    """Per (backbone, regime, task): the mark's comparison (`difference`) and, beside it as detail,
+    Wilcoxon over seeds and ASO ε_min (uncorrected)."""
+    cols = BLOCK + ["task", "result", "wilcoxon", "aso"]
+    item_pairs = paired_items(items, method, baseline) if items is not None else None
+    rows = []
+    for key, pair in paired_seeds(values, method, baseline).groupby(BLOCK + ["task"]):
+        block_items = None
+        if item_pairs is not None:
+            block_items = item_pairs[(item_pairs[BLOCK + ["task"]] == pd.Series(dict(zip(BLOCK + ["task"], key)))).all(axis=1)]
+        finite = pair[np.isfinite(pair["value_a"].astype(float)) & np.isfinite(pair["value_b"].astype(float))]
+        a, b = finite["value_a"].to_numpy(float), finite["value_b"].to_numpy(float)
+        rows.append(
+            dict(
+                zip(BLOCK + ["task"], key),
+                result=difference(pair, block_items),
+                wilcoxon=wilcoxon_signed_rank(a, b) if (finite["seed"] != PUBLISHED_SEED).all() else NOT_TESTED,
+                aso=aso(a, b, seed=seed) if with_aso and len(finite) > 1 else math.nan,
+            )
+        )
+    return pd.DataFrame(rows, columns=cols)
 
 
 def per_item(items: pd.DataFrame, method: str, baseline: str, score: str = "acc", seed: int = 0) -> pd.DataFrame:
@@ -254,91 +455,15 @@ def per_item(items: pd.DataFrame, method: str, baseline: str, score: str = "acc"
     return pd.DataFrame(rows, columns=PAIR + ["n_items", "score_a", "score_b", "diff", "ci", "mcnemar"])
 
 
-def per_task(values: pd.DataFrame, method: str, baseline: str, with_aso: bool = False, seed: int = 0) -> pd.DataFrame:
-    """Per (backbone, regime, task), across seeds: mean difference, paired t, Wilcoxon, ASO ε_min."""
-    cols = BLOCK + ["task", "n_seeds", "mean_a", "mean_b", "diff", "t_test", "wilcoxon", "aso"]
-    rows = []
-    for key, pair in paired_seeds(values, method, baseline).groupby(BLOCK + ["task"]):
-        a, b = pair["value_a"].to_numpy(), pair["value_b"].to_numpy()
-        rows.append(
-            dict(
-                zip(BLOCK + ["task"], key),
-                n_seeds=len(pair),
-                mean_a=a.mean(),
-                mean_b=b.mean(),
-                diff=a.mean() - b.mean(),
-                t_test=paired_t(a, b),
-                wilcoxon=wilcoxon_signed_rank(a, b),
-                aso=aso(a, b, seed=seed) if with_aso and len(pair) > 1 else math.nan,
-            )
-        )
-    return pd.DataFrame(rows, columns=cols)
-
-
-@dataclass(frozen=True)
-class AverageDifference:
-    """method − baseline averaged over tasks (points), with its test and CI."""
-
-    diff: float
-    test: Significance
-    ci: Interval | None
-    tasks: tuple[str, ...]
-    n_seeds: int
-    baseline_mean: float  # the baseline's average over the same tasks, for relative gains
-
-
-def average_difference(
-    pairs: pd.DataFrame, item_pairs: pd.DataFrame | None = None, score: str = "acc", seed: int = 0
-) -> AverageDifference:
-    """One block's average gain over its tasks, tested as seed 001 does.
-
-    `pairs` comes from `paired_seeds` for one backbone × regime. With two or more tasks the test is
-    a paired t-test over the per-task means (seed 001, App. B.2); with one task it falls back to a
-    paired t-test over seeds, and with one seed to exact McNemar on the items. The CI resamples
-    items within tasks when every task has per-item results; without them it is the t-test's own
-    interval (resampling two or three seeds per task would give intervals far too narrow). The
-    item bootstrap reflects the sampling of test items, not the spread between training seeds.
-    """
-    by_task = pairs.groupby("task")[["value_a", "value_b"]].mean()
-    tasks = tuple(by_task.index)
-    diff = float((by_task["value_a"] - by_task["value_b"]).mean()) if tasks else math.nan
-    n_seeds = int(pairs.groupby("task")["seed"].nunique().min()) if tasks else 0
-    items = item_pairs if item_pairs is not None and set(item_pairs["task"]) >= set(tasks) and tasks else None
-    if len(tasks) >= 2:
-        a, b, unit = by_task["value_a"].to_numpy(), by_task["value_b"].to_numpy(), "per-task means"
-    else:
-        a, b, unit = pairs["value_a"].to_numpy(), pairs["value_b"].to_numpy(), "seeds"
-    test = paired_t(a, b, unit=unit)
-    if len(a) < 2 and items is not None:
-        test = mcnemar_exact(items[f"{score}_a"], items[f"{score}_b"])
-    if items is not None:
-        per_doc = items.groupby(["task", "doc_id"])[[f"{score}_a", f"{score}_b"]].mean()
-        per_doc = 100 * (per_doc[f"{score}_a"] - per_doc[f"{score}_b"])
-        ci = stratified_bootstrap_ci({t: d.to_numpy() for t, d in per_doc.groupby(level="task")}, seed=seed)
-    elif len(a) >= 2 and np.ptp(a - b) > 0:
-        low, high = stats.ttest_rel(a, b).confidence_interval(0.95)
-        ci = Interval(float(low), float(high), 0.95, f"t interval over {unit}")
-    elif len(a) >= 2:  # every paired difference the same (identical runs): the interval is that point
-        ci = Interval(diff, diff, 0.95, f"all {len(a)} paired differences equal")
-    else:
-        ci = None
-    return AverageDifference(diff, test, ci, tasks, n_seeds, float(by_task["value_b"].mean()) if tasks else math.nan)
-
-
-def across_tasks(
-    values: pd.DataFrame,
-    baseline: str,
-    methods: Sequence[str] | None = None,
-    items: pd.DataFrame | None = None,
-    alpha: float = ALPHA,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Every method against `baseline` in every block, Holm–Bonferroni over all those comparisons.
+def across_tasks(values: pd.DataFrame, baseline: str, methods: Sequence[str] | None = None, items: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every method against `baseline` in every block, averaged over the block's tasks (uncorrected:
+    the report's one family is corrected by its caller, `holm`).
 
     The reported average of published numbers (task "avg") is not a task and is left out.
     """
     values = values[values["task"] != REPORTED_AVERAGE]
     methods = [m for m in (methods or values["method"].unique()) if m != baseline]
+    tasks = {key: tuple(dict.fromkeys(block["task"])) for key, block in values.groupby(BLOCK)}
     rows = []
     for method in methods:
         pairs = paired_seeds(values, method, baseline)
@@ -347,19 +472,5 @@ def across_tasks(
             block_items = None
             if item_pairs is not None:
                 block_items = item_pairs[(item_pairs["backbone"] == key[0]) & (item_pairs["regime"] == key[1])]
-            rows.append(dict(zip(BLOCK, key), method=method, result=average_difference(block, block_items, seed=seed)))
-    corrected = holm([r["result"].test for r in rows], alpha)
-    return pd.DataFrame(
-        [
-            dict(
-                {k: r[k] for k in BLOCK + ["method"]},
-                n_tasks=len(r["result"].tasks),
-                n_seeds=r["result"].n_seeds,
-                diff=r["result"].diff,
-                ci=r["result"].ci,
-                test=test,
-            )
-            for r, test in zip(rows, corrected)
-        ],
-        columns=BLOCK + ["method", "n_tasks", "n_seeds", "diff", "ci", "test"],
-    )
+            rows.append(dict(zip(BLOCK, key), method=method, result=difference(block, block_items, tasks=tasks[key])))
+    return pd.DataFrame(rows, columns=BLOCK + ["method", "result"])

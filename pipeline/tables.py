@@ -45,8 +45,9 @@ class ComparisonTable:
     baseline: str
     blocks: list[Block]
     legend: list[str] = field(default_factory=list)
-    average_tests: pd.DataFrame | None = None  # stats.across_tasks, for the report's detail
+    average_tests: pd.DataFrame | None = None  # stats.across_tasks with its corrected tests, for the report's detail
     task_tests: pd.DataFrame | None = None  # _task_tests, likewise
+    corrected: dict[tuple, stats.Significance] = field(default_factory=dict)  # the report's one family, by family_key
 
 
 def default_baseline(methods: list[str]) -> str:
@@ -82,35 +83,46 @@ def row_labels(results: pd.DataFrame) -> pd.Series:
     return pd.Series([label(m, h) for m, h in zip(results["method"], hparams)], index=results.index)
 
 
-def _task_tests(
-    values: pd.DataFrame, items: pd.DataFrame | None, baseline: str, alpha: float, with_aso: bool
-) -> pd.DataFrame:
-    """Per (block, method, task): every test against the baseline; `test` is the one behind the mark.
-
-    The mark's test is a paired t-test over seeds when there are two or more, else exact McNemar
-    on the items of the one seed; Holm–Bonferroni runs over the marks of each block. Wilcoxon,
-    ASO and the per-seed item tests are shown as they are, uncorrected.
-    """
+def _task_tests(values: pd.DataFrame, items: pd.DataFrame | None, baseline: str, with_aso: bool) -> pd.DataFrame:
+    """Per (block, method, task): the comparison behind the mark (`stats.difference`), and as
+    uncorrected detail Wilcoxon, ASO and each seed's own item test."""
     rows = []
     for method in values["method"].unique():
         if method == baseline:
             continue
         per_item = stats.per_item(items, method, baseline) if items is not None else None
-        for _, r in stats.per_task(values, method, baseline, with_aso=with_aso).iterrows():
+        for _, r in stats.per_task(values, items, method, baseline, with_aso=with_aso).iterrows():
             key = {c: r[c] for c in BLOCK + ["task"]}
             seeds = pd.DataFrame()
             if per_item is not None:
                 seeds = per_item[(per_item[BLOCK + ["task"]] == pd.Series(key)).all(axis=1)]
-            single_seed = seeds["mcnemar"].iloc[0] if len(seeds) == 1 else stats.NOT_TESTED
             rows.append(
-                dict(key, method=method, diff=r["diff"], n_seeds=r["n_seeds"],
-                     test=r["t_test"] if r["n_seeds"] >= 2 else single_seed,
-                     wilcoxon=r["wilcoxon"], aso=r["aso"],
-                     per_seed="; ".join(f"seed {s.seed}: McNemar p={s.mcnemar.p:.3g}, Δ CI {s.ci}" for s in seeds.itertuples()))
+                dict(key, method=method, result=r["result"], wilcoxon=r["wilcoxon"], aso=r["aso"],
+                     per_seed="; ".join(f"seed {s.seed}: McNemar p={stats.format_p(s.mcnemar.p)}, Δ CI {s.ci}" for s in seeds.itertuples()))
             )
-    tests = pd.DataFrame(rows, columns=BLOCK + ["task", "method", "diff", "n_seeds", "test", "wilcoxon", "aso", "per_seed"])
-    parts = [block.assign(test=stats.holm(list(block["test"]), alpha)) for _, block in tests.groupby(BLOCK, sort=False)]
-    return pd.concat(parts, ignore_index=True) if parts else tests
+    return pd.DataFrame(rows, columns=BLOCK + ["task", "method", "result", "wilcoxon", "aso", "per_seed"])
+
+
+def _correct(frames: list[pd.DataFrame], baseline: str, also: dict[tuple, stats.Difference], alpha: float) -> dict[tuple, stats.Significance]:
+    """Holm–Bonferroni once over every distinct comparison of the report: the table's task cells,
+    its Averages and `also` (the claims checked with it)."""
+    family = dict(also)
+    for frame in frames:
+        for r in frame.itertuples():
+            family[stats.family_key(r.backbone, r.regime, r.method, baseline, r.result.tasks)] = r.result
+    keys = list(family)
+    return dict(zip(keys, stats.holm([family[k].test for k in keys], alpha)))
+
+
+def _with_tests(frame: pd.DataFrame, baseline: str, corrected: dict, alpha_each: float) -> pd.DataFrame:
+    """The frame with its comparisons' numbers spread into columns, the corrected test and the MDE."""
+    results = frame["result"]
+    keys = [stats.family_key(r.backbone, r.regime, r.method, baseline, r.result.tasks) for r in frame.itertuples()]
+    return frame.assign(
+        diff=results.map(lambda d: d.diff), n_seeds=results.map(lambda d: d.n_seeds), ci=results.map(lambda d: d.ci),
+        n_tasks=results.map(lambda d: len(d.tasks)), test=[corrected[k] for k in keys],
+        mde=results.map(lambda d: stats.mde(d, alpha_each)),
+    )
 
 
 def _mark(diff: float, test: stats.Significance | None, alpha: float) -> str:
@@ -135,10 +147,13 @@ def comparison_table(
     baseline: str | None = None,
     alpha: float = ALPHA,
     with_aso: bool = False,
+    also: dict[tuple, stats.Difference] | None = None,
 ) -> ComparisonTable:
     """Build every block of the table; significance against `baseline` (default LoRA).
 
-    `with_aso` adds deepsig's ASO per task (seconds per comparison, so off by default).
+    `with_aso` adds deepsig's ASO per task (seconds per comparison, so off by default). `also`:
+    comparisons outside the table (a claims check's, keyed by `family_key`) that join its one
+    Holm family, so a comparison shows one corrected p wherever it appears.
     """
     if results.empty:
         raise ValueError("the results frame is empty: no finished runs to compare")
@@ -152,20 +167,32 @@ def comparison_table(
     tasks = sorted(dict.fromkeys(results["task"]), key=lambda t: stats.GLUE_ORDER.index(t) if t in stats.GLUE_ORDER else -1)
     order = {name: i for i, name in enumerate([*methods, *tasks])}
     values = values.sort_values(["method", "task"], key=lambda column: column.map(order), kind="stable")
-    task_tests = _task_tests(values, items, baseline, alpha, with_aso)
-    average_tests = stats.across_tasks(values, baseline, items=items, alpha=alpha)
+    task_tests = _task_tests(values, items, baseline, with_aso)
+    average_tests = stats.across_tasks(values, baseline, items=items)
+    corrected = _correct([task_tests, average_tests], baseline, also or {}, alpha)
+    family_size = sum(not math.isnan(t.p) for t in corrected.values())
+    alpha_each = alpha / max(family_size, 1)
+    task_tests = _with_tests(task_tests, baseline, corrected, alpha_each)
+    average_tests = _with_tests(average_tests, baseline, corrected, alpha_each)
     blocks = []
     for (backbone, regime), block_values in values.groupby(BLOCK, sort=False):
         block_results = results[(results["backbone"] == backbone) & (results["regime"] == regime)]
         blocks.append(_block(backbone, regime, block_values, block_results, task_tests, average_tests, baseline, alpha))
+    one_seed = any(r.design == "items" for r in pd.concat([task_tests["result"], average_tests["result"]]))
     legend = [
-        "Cells: mean ± std over seeds (n = seeds); † = published mean (± its published std), not a run of ours. Points for fraction metrics.",
-        f"Bold: best mean in the column. {UP}/{DOWN}: significantly above/below {baseline} at α = {alpha} after Holm–Bonferroni.",
-        "Task columns: paired t-test over seeds (exact McNemar on items when one seed); family = one block's cells.",
-        "Average: paired t-test over per-task means (seed 001 protocol); family = every method × block of this report.",
+        "Cells: mean ± std over the row's seeds with a finite value (n = those seeds); † = published mean (± its published std), not a run of ours. Points for fraction metrics.",
+        f"Bold: best mean in the column. {UP}/{DOWN}: significantly above/below {baseline} at α = {alpha} after Holm–Bonferroni over the "
+        f"{family_size} comparisons of this report (every task cell and Average, and any claims checked with it: one family).",
+        "Test behind a mark: the row − the baseline on the seeds both have. With per-item scores, a t-test whose variance counts the "
+        "seed-to-seed spread and the sampling of items (seeds and items both random, docs/statistics.md); with per-seed values only, "
+        "the exact sign-flip over seeds (3 seeds cannot go below p = 0.25); published means: a paired t-test over per-task means.",
+        "Average: each seed's mean over the block's tasks, on the seeds that have every task; its test uses the seeds both rows have complete.",
+        f"MDE: the smallest difference the comparison detects with 80% power at α/m = {alpha_each:.2g}, from its item count and seed spread.",
         f"Params: trainable parameters (% of backbone). tok/s and mem: ratio to {baseline} (tok/s > 1 faster, mem < 1 leaner).",
     ]
-    return ComparisonTable(baseline, blocks, legend, average_tests, task_tests)
+    if one_seed:
+        legend.insert(4, "One seed: the test is over its items only; run-to-run variance is untested.")
+    return ComparisonTable(baseline, blocks, legend, average_tests, task_tests, corrected)
 
 
 def _block(backbone, regime, values, results, task_tests, average_tests, baseline, alpha) -> Block:
@@ -179,7 +206,8 @@ def _block(backbone, regime, values, results, task_tests, average_tests, baselin
                               & (task_tests["method"] == method) & (task_tests["task"] == task)]
             cells.append(_cell(method, task, seeds, test.iloc[0] if len(test) else None, alpha))
         if tasks:  # Average: each seed's mean over all tasks, then mean ± std over seeds
-            complete = rows[rows["task"].isin(tasks)].groupby("seed").filter(lambda s: s["task"].nunique() == len(tasks))
+            finite = rows[rows["task"].isin(tasks) & np.isfinite(rows["value"].astype(float))]
+            complete = finite.groupby("seed").filter(lambda s: s["task"].nunique() == len(tasks))
             per_seed = complete.groupby("seed", as_index=False)["value"].mean()
             if per_seed.empty:
                 continue  # no seed of this method has every task: no average to show
@@ -195,15 +223,17 @@ def _block(backbone, regime, values, results, task_tests, average_tests, baselin
 def _cell(method: str, column: str, seeds: pd.DataFrame, test, alpha: float) -> dict:
     published = bool((seeds["seed"] == PUBLISHED_SEED).all())
     reported_std = seeds["value_std"].iloc[0] if published and "value_std" in seeds else math.nan
+    finite = seeds["value"][np.isfinite(seeds["value"].astype(float))]
     return dict(
         row=method,
         column=column,
-        mean=seeds["value"].mean(),
-        std=reported_std if published else seeds["value"].std(ddof=1),
-        n=len(seeds),
+        mean=finite.mean() if len(finite) else math.nan,
+        std=reported_std if published else finite.std(ddof=1),
+        n=len(finite),
         published=published,
         mark=_mark(test["diff"], test["test"], alpha) if test is not None else "",
         test=test["test"] if test is not None else None,
+        mde=test["mde"] if test is not None else math.nan,
     )
 
 
@@ -312,10 +342,11 @@ def _detail_frame(table: ComparisonTable) -> pd.DataFrame:
     return pd.DataFrame(
         {
             **_against_baseline(tests, table.baseline),
-            "95% CI": tests["ci"].map(lambda ci: f"[{ci.low:+.2f}, {ci.high:+.2f}] {ci.method}" if ci else "—"),
-            "p": tests["test"].map(lambda t: f"{t.p:.3g}"),
-            "Test (n)": tests["test"].map(lambda t: f"{t.test} (n={t.n})"),
+            "95% CI (uncorrected)": tests["ci"].map(lambda ci: f"[{ci.low:+.2f}, {ci.high:+.2f}] {ci.method}" if ci else "—"),
+            "p": tests["test"].map(lambda t: stats.format_p(t.p)),
+            "Test (n)": tests["test"].map(lambda t: f"{t.test} (n={t.n})" if t.n else t.test),
             "Correction": tests["test"].map(lambda t: t.correction),
+            "MDE (points)": tests["mde"].map(_mde_text),
         }
     )
 
@@ -327,11 +358,18 @@ def _per_task_frame(table: ComparisonTable) -> pd.DataFrame:
         {
             **_against_baseline(tests, table.baseline, "task"),
             "Mark's test": tests["test"].map(str),
+            "MDE (points)": tests["mde"].map(_mde_text),
             "Wilcoxon": tests["wilcoxon"].map(str),
             "ASO ε_min (A better when < 0.5)": tests["aso"].map(lambda e: "" if math.isnan(e) else f"{e:.2f}"),
             "Per seed (items)": tests["per_seed"],
         }
     ).pipe(lambda frame: frame.loc[:, (frame != "").any(axis=0)])
+
+
+def _mde_text(mde: float) -> str:
+    if math.isinf(mde):
+        return "∞ (too few seeds to reach α)"
+    return "—" if math.isnan(mde) else f"{mde:.2f}"
 
 
 def _verdict_frame(verdicts: pd.DataFrame) -> pd.DataFrame:
@@ -376,10 +414,13 @@ def render_reports(
     with_aso: bool = False,
 ) -> dict[str, str]:
     """`render_report` in several formats, the tests computed once: {format: text}."""
-    table = comparison_table(results, items, baseline, alpha, with_aso)
-    if claims is not None and items is not None:
-        items = stats.comparable_items(items, results)
-    verdicts = claims_check.check(results, claims, items=items) if claims is not None else None  # at the claims file's own α
+    claims_items = stats.comparable_items(items, results) if items is not None else None
+    claims = claims_check.load(claims) if claims is not None and not isinstance(claims, claims_check.ClaimsFile) else claims
+    also = claims_check.comparisons(results, claims, claims_items) if claims is not None else {}
+    table = comparison_table(results, items, baseline, alpha, with_aso, also=also)
+    verdicts = None
+    if claims is not None:  # judged at the claims file's own α, on the report's one corrected family
+        verdicts = claims_check.check(results, claims, items=claims_items, corrected=table.corrected)
     return {fmt: _report_text(table, verdicts, fmt) for fmt in formats}
 
 
