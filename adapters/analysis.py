@@ -1,10 +1,16 @@
 """Diagnostics per adapted module: stable rank and spectrum of ΔW, and each method's own curve.
 
 srank(M) = ‖M‖_F² / ‖M‖_2², the LR-LoRA paper's central figure. Factored updates ΔW = B'·A'
-(LoRA, NoLA, DyLoRA, ElaLoRA, and LoRA-SHIFT as a sum of m rank-r products) take the exact
-route: B' = Q_B R_B, A'ᵀ = Q_A R_A, so ΔW = Q_B (R_B R_Aᵀ) Q_Aᵀ has the singular values of
+(LoRA, AdaLoRA, NoLA, DyLoRA, ElaLoRA, and LoRA-SHIFT as a sum of m rank-r products) take the
+exact route: B' = Q_B R_B, A'ᵀ = Q_A R_A, so ΔW = Q_B (R_B R_Aᵀ) Q_Aᵀ has the singular values of
 the small core R_B R_Aᵀ. Dense updates (the elementwise family) use power iteration for
 ‖·‖_2 (a few matrix-vector products, no SVD of a d×k matrix) and svdvals for the spectrum.
+Any other peft layer over a linear (DoRA and the other LoRA variants, VeRA, RandLoRA, IA3, ...)
+is linear in x, so its ΔW is read off its own forward on the identity: every layout peft has or
+adds is covered without knowing its parameters.
+
+PiSSA's report is s·B·A, the part of W its adapter holds (W0's top-r part plus what training
+changed): its change from W0 alone would need W0, which its residual base no longer holds.
 
 For `lr_lora` (paper reading) ΔW carries the dense constant φ(0)·11ᵀ once a ≠ 0, which
 dominates srank at small |Z|; so also srank(φ(s·Z) − φ(0)) (METHODS.md risk 2).
@@ -16,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from peft.tuners.adalora.layer import AdaLoraLayer
 from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from adapters import elementwise, shift, variants
 
@@ -68,7 +76,8 @@ def _srank_of(sv: torch.Tensor) -> float:
 
 
 def analyze(model: nn.Module, curves_only: bool = False) -> list[ModuleReport]:
-    """One report per LoRA-shaped adapted module of `model` (its active adapter).
+    """One report per adapted linear of `model` (its active adapter): every peft tuner layer
+    whose base is an nn.Linear, whatever the method.
 
     `curves_only` computes just the φ curves and shift maps (stable_rank NaN, spectrum empty):
     cheap enough for snapshots during training, where ΔW's SVDs would stall every module.
@@ -76,30 +85,54 @@ def analyze(model: nn.Module, curves_only: bool = False) -> list[ModuleReport]:
     reports = []
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, LoraLayer) and hasattr(module, "lora_A") and module.active_adapters:
+            if isinstance(module, BaseTunerLayer) and module.active_adapters and isinstance(module.get_base_layer(), nn.Linear):
                 reports.append(_report(name, module, module.active_adapters[0], curves_only))
     return reports
 
 
-def _report(name: str, module: LoraLayer, adapter: str, curves_only: bool) -> ModuleReport:
-    variant = module.lora_variant.get(adapter)
-    shape = (module.out_features, module.in_features)
+def _report(name: str, module: BaseTunerLayer, adapter: str, curves_only: bool) -> ModuleReport:
+    base = module.get_base_layer()
+    shape = (base.out_features, base.in_features)
+    variant = module.lora_variant.get(adapter) if isinstance(module, LoraLayer) else None
     if isinstance(variant, elementwise.ElementwiseVariant):
         return _elementwise_report(name, shape, module, adapter, curves_only)
     if curves_only:
         report = ModuleReport(name, shape, float("nan"), torch.empty(0))
-    elif isinstance(variant, variants.PeftbenchVariant):
-        sv = factored_spectrum(*variant.factors(module, adapter))
+    elif (factors := _factors(module, adapter, variant)) is not None:
+        sv = factored_spectrum(*factors)
         report = ModuleReport(name, shape, _srank_of(sv), sv)
-    elif variant is None:  # peft's vanilla LoRA: ΔW = s·B·A
-        sv = factored_spectrum(module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight)
-        report = ModuleReport(name, shape, _srank_of(sv), sv)
-    else:  # other peft variants (DoRA, ...): peft's get_delta_weight, s·B·A (DoRA's magnitude rescaling not in it)
-        delta = module.get_delta_weight(adapter)
-        return ModuleReport(name, shape, stable_rank(delta), torch.linalg.svdvals(delta.double()).float())
+    else:
+        delta = probed_delta(module)
+        report = ModuleReport(name, shape, stable_rank(delta), torch.linalg.svdvals(delta.double()).float())
     if isinstance(variant, shift.ShiftVariant):
         report.shift_map = module.lora_shift[adapter].dense()
     return report
+
+
+def _factors(module: BaseTunerLayer, adapter: str, variant) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(B', A') with ΔW = B'·A' for the factored layouts, None for any other."""
+    if isinstance(variant, variants.PeftbenchVariant):
+        return variant.factors(module, adapter)
+    if isinstance(module, AdaLoraLayer):  # peft's get_delta_weight: B·(A ⊙ E)·s/(ranknum + 1e-5)
+        scale = module.scaling[adapter] / (module.ranknum[adapter] + 1e-5)
+        return module.lora_B[adapter] * scale, module.lora_A[adapter] * module.lora_E[adapter]
+    if isinstance(module, LoraLayer) and variant is None and adapter in module.lora_A:  # ΔW = s·B·A
+        return module.scaling[adapter] * module.lora_B[adapter].weight, module.lora_A[adapter].weight
+    return None
+
+
+def probed_delta(module: nn.Module) -> torch.Tensor:
+    """ΔW (d_out × d_in) of an adapted linear layer, from its forward in eval mode:
+    (layer(I) − layer(0)) − (base(I) − base(0)), transposed; biases cancel, active adapters summed."""
+    base = module.get_base_layer()
+    eye = torch.eye(base.in_features, dtype=base.weight.dtype, device=base.weight.device)
+    zero = torch.zeros_like(eye[:1])
+    training = module.training
+    module.eval()
+    try:
+        return ((module(eye) - module(zero)) - (base(eye) - base(zero))).T
+    finally:
+        module.train(training)
 
 
 def _elementwise_report(name, shape, module, adapter, curves_only: bool) -> ModuleReport:

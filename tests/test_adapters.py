@@ -194,6 +194,28 @@ def test_merge_gives_a_plain_model_with_the_same_logits(tiny, case):
     assert_plain_merge(model.merge_and_unload(), tiny, adapted)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] not in NOT_MERGEABLE | {"qlora", "pissa"}], ids=case_id)
+def test_analysis_spectrum_is_that_of_the_merged_update(tiny, case):
+    """The diagnostics' ΔW for every layout (peft's LoRA, AdaLoRA's P·Λ·Q, DoRA, VeRA, IA3, ours)
+    against the merge's: merged W − W0, module by module. qlora and pissa merge onto another base
+    than W0 (NF4 weights; W0's residual) and their layout is LoRA's, checked here under lora."""
+    from adapters import analysis
+
+    method, hp = case
+    model = build(tiny, method, hp)
+    perturb(model)
+    reports = analysis.analyze(model)
+    assert len(reports) == sum(isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer) for m in model.modules()) > 0
+    weights = dict(model.merge_and_unload().named_parameters())
+    base = dict(tiny.named_parameters())
+    for report in reports:
+        name = report.name.removeprefix("base_model.model.") + ".weight"
+        exact = torch.linalg.svdvals((weights[name] - base[name]).double())
+        n = min(len(report.spectrum), 8)
+        torch.testing.assert_close(report.spectrum[:n].double(), exact[:n], rtol=1e-3, atol=1e-6)
+        assert report.stable_rank == pytest.approx(float((exact**2).sum() / exact[0] ** 2), rel=1e-3)
+
+
 def assert_plain_merge(merged, base, adapted) -> None:
     """`merged` is a plain model of `base`'s class (float nn.Linear layers, no adapter layers, the
     same parameter names) with the logits `adapted`."""
