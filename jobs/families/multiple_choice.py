@@ -122,6 +122,7 @@ def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, lim
     """Zero-shot multiple-choice scores on a seeded subset of `limit` items per task."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
 
     tasks = {name: load(name, data_dir) for name in task_names}
     subsets = {name: idx for name, task in tasks.items() if (idx := eval_subset(task, limit)) is not None}
@@ -130,7 +131,12 @@ def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, lim
         # lm-eval passes its bars disable=False explicitly, which tqdm's TQDM_DISABLE default cannot override
         for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
             setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
-    out = simple_evaluate(model=lm, tasks=list(tasks.values()), samples=subsets or None, log_samples=True, bootstrap_iters=0)
+    # The tasks are built already: an empty TaskManager, not lm-eval's default, which indexes
+    # every YAML lm-eval ships at each call (README, Measured).
+    out = simple_evaluate(
+        model=lm, tasks=list(tasks.values()), samples=subsets or None, log_samples=True, bootstrap_iters=0,
+        task_manager=TaskManager(include_defaults=False),
+    )
     metrics = {
         name: {key.split(",")[0]: float(value) for key, value in out["results"][name].items() if key.split(",")[0] in ("acc", "acc_norm")}
         for name in tasks
