@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import adapters
-from jobs import backbones, diagnostics, families, memory, quiet, tracking
+from jobs import backbones, diagnostics, families, memory, provenance, quiet, tracking
 from jobs.contract import Cell, JobResult
 from jobs.train import train
 
@@ -44,7 +44,7 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
     run_id = None
     _reset_peak_memory()
     try:
-        with tracking.cell_run(tracking_uri, cell, parent_run_id, _placement()) as run:
+        with tracking.cell_run(tracking_uri, cell, parent_run_id, {**_placement(), **provenance.environment()}) as run:
             run_id = run.run_id
             metrics = _train_and_score(cell, run, checkpoints)
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -91,9 +91,12 @@ def _adapted(cell: Cell) -> tuple[torch.nn.Module, object, int, int]:
     return model, tokenizer, sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
-def _train(cell: Cell, model, tokenizer, checkpoints: Path, on_step):
+def _train(cell: Cell, model, tokenizer, checkpoints: Path, on_step, run: tracking.CellRun | None = None):
+    """Train on the regime's sample; with `run` (rank 0), record the sample's sha256 and dataset input."""
     family = families.of_regime(cell.regime)
     examples = family.training_examples(cell.regime, families.data_dir())
+    if run is not None:
+        provenance.log_data(run, "train", f"{cell.regime.name}/train", family.example_rows(examples), _data_source())
     return train(
         model, tokenizer, family.encode(examples, tokenizer, cell.train.max_seq_len), cell.train, cell.seed, on_step=on_step,
         method=cell.method, hparams=cell.hparams, checkpoint_dir=checkpoints, checkpoint_every=cell.checkpoint_every,
@@ -106,7 +109,7 @@ def _train_and_score(cell: Cell, run: tracking.CellRun, checkpoints: Path) -> di
     metrics = {"params/trainable": trainable, "params/backbone": total, "params/trainable_pct": 100 * trainable / total}
 
     if trainable:
-        model, result = _train(cell, model, tokenizer, checkpoints, _step_logger(run, model))
+        model, result = _train(cell, model, tokenizer, checkpoints, _step_logger(run, model), run)
         metrics.update(
             {
                 "train/final_loss": result.losses[-1],
@@ -126,6 +129,8 @@ def _train_and_score(cell: Cell, run: tracking.CellRun, checkpoints: Path) -> di
     run.set_tag("peak_mem_source", "cuda_max_allocated" if torch.cuda.is_available() else "process_peak_rss")
 
     scores = family.evaluate(model, tokenizer, cell.tasks, families.data_dir(), cell.eval, cell.train.max_seq_len)
+    scored = [{"task": task, **item} for task, items in scores.inputs.items() for item in items]
+    provenance.log_data(run, "eval", f"{'+'.join(cell.tasks)}/eval", scored, _data_source())
     for task, values in scores.metrics.items():
         metrics.update({f"{task}/{name}": value for name, value in values.items()})
     metrics[family.average_metric] = sum(v[family.headline(t)] for t, v in scores.metrics.items()) / len(scores.metrics)
@@ -135,6 +140,11 @@ def _train_and_score(cell: Cell, run: tracking.CellRun, checkpoints: Path) -> di
     run.log_table([{"task": task, **r} for task, rows in scores.samples.items() for r in rows], "eval/items.json")
     run.log_text(json.dumps(scores.raw, indent=1, default=str), family.raw_artifact)
     return metrics
+
+
+def _data_source() -> str:
+    """Where the cell's data were read: the local data dir, else the hub."""
+    return str(families.data_dir() or "https://huggingface.co/datasets")
 
 
 def _step_logger(run: tracking.CellRun, model: torch.nn.Module):

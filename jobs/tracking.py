@@ -19,6 +19,8 @@ import mlflow
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
+from jobs import provenance
+
 KIND = "peftbench.kind"
 # The reports read one small artifact per cell: MLflow's bar for each would be a line per cell in a log.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -86,6 +88,17 @@ class CellRun:
 
         self.client.log_table(self.run_id, pd.DataFrame(rows), path)
 
+    def log_input(self, rows: list[dict], name: str, context: str, digest: str, source: str) -> None:
+        """Rows as an MLflow dataset input of the run (name, digest, schema and row count; the
+        rows themselves are not stored). The digest is cut to the store's 36 characters."""
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=source, name=name, digest=digest[:36])
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
     def log_dir(self, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
@@ -96,9 +109,11 @@ class CellRun:
 
 @contextmanager
 def cell_run(uri: str, cell, parent_run_id: str | None, extra_tags: dict[str, str] | None = None):
-    """Open the cell's child run; it ends FINISHED, or FAILED with the error as tag `error`."""
+    """Open the cell's child run, with the driver's commit tags of its parent run; it ends
+    FINISHED, or FAILED with the error as tag `error`."""
     store = client(uri)
     tags = {KIND: "cell", "run_key": cell.run_key, "sweep": cell.sweep, "method": cell.label, "backbone": cell.backbone, **(extra_tags or {})}
+    tags.update(provenance.code_tags(store.get_run(parent_run_id).data.tags if parent_run_id else None))
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = store.create_run(

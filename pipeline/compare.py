@@ -2,8 +2,9 @@
 
 The results frame has one row per (run, task, metric): run_key, sweep, method, backbone,
 regime, seed, task, metric, value, plus efficiency columns (trainable_params,
-trainable_pct, tokens_per_s, peak_mem_mb). Everything downstream works on the frame alone,
-so it can come from MLflow or from a CSV.
+trainable_pct, tokens_per_s, peak_mem_mb) and the run's provenance tags as columns (`git.commit`,
+`version.torch`, `hw.cpu`, `data.train_sha256`, ...: `jobs.provenance.TAGS`). Everything
+downstream works on the frame alone, so it can come from MLflow or from a CSV.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashboards import report as report_page
-from pipeline import published, stats, tables, track
+from pipeline import provenance, published, stats, tables, track
 
 EFFICIENCY = {
     "trainable_params": "params/trainable",
@@ -42,9 +43,11 @@ def results_frame(uri: str, sweep_name: str, run_keys: set[str] | None = None, p
             "method": params["label"],
             "backbone": params["backbone"],
             "regime": params["regime.name"],
+            "n_train": _number(params.get("regime.n_examples")),  # what a claim's training-set size is checked against
             "seed": int(params["seed"]),
             "hparams": json.dumps({k.removeprefix("hparams."): _param_value(v) for k, v in params.items() if k.startswith("hparams.")}, sort_keys=True),
             **{column: metrics.get(name, math.nan) for column, name in EFFICIENCY.items()},
+            **{tag: run.data.tags.get(tag) for tag in provenance.TAGS},
         }
         for name, value in metrics.items():
             task, _, metric = name.partition("/")
@@ -52,6 +55,12 @@ def results_frame(uri: str, sweep_name: str, run_keys: set[str] | None = None, p
                 continue
             rows.append({**base, "task": task, "metric": metric, "value": value})
     return pd.DataFrame(rows)
+
+
+def _number(text: str | None) -> float:
+    """A count param as a number; NaN for `full` or when absent."""
+    value = _param_value(text) if text is not None else None
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def _param_value(text: str):
@@ -91,9 +100,10 @@ def sweep_results(uri: str, sweep_name: str) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def log_report(uri: str, parent_run_id: str, results: pd.DataFrame, items: pd.DataFrame | None, **options) -> dict[str, str]:
-    """Render the comparison report in every format and log each to the sweep's parent run
-    as `comparison.<md|html|tex|csv>`; return the texts. `options` go to `tables.render_reports`."""
-    texts = tables.render_reports(results, items if items is not None and len(items) else None, **options)
+    """Render the comparison report in every format, with the provenance footer, and log each
+    to the sweep's parent run as `comparison.<md|html|tex|csv>`; return the texts. `options` go
+    to `tables.render_reports`."""
+    texts = _with_footer(tables.render_reports(results, items if items is not None and len(items) else None, **options), results)
     for fmt, text in texts.items():
         track.log_text(uri, parent_run_id, text, f"comparison.{fmt}")
     return texts
@@ -106,10 +116,17 @@ def report(source: str, uri: str, fmt: str = "md", **options) -> str:
     if source.endswith(".csv"):
         if not Path(source).is_file():
             raise ValueError(f"{source}: no such results file")
-        return tables.render_report(published.load_results_csv(source), None, fmt, **options)
+        results = published.load_results_csv(source)
+        return _with_footer({fmt: tables.render_report(results, None, fmt, **options)}, results)[fmt]
     results, items = sweep_results(uri, source)
     texts = log_report(uri, track.latest_sweep_run(uri, source).info.run_id, results, items, **options)
     return texts[fmt]
+
+
+def _with_footer(texts: dict[str, str], results: pd.DataFrame) -> dict[str, str]:
+    """The report texts with the provenance footer after each, but the tidy csv."""
+    lines = provenance.footer(results)
+    return {fmt: text if fmt == "csv" else text.rstrip("\n") + "\n\n" + provenance.render(lines, fmt) for fmt, text in texts.items()}
 
 
 def run_data(uri: str, results: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from jobs.contract import Cell
-from pipeline import cluster, compare, schedule, spec, track
+from pipeline import cluster, compare, provenance, schedule, spec, track
 
 
 def run(spec_path: str, address: str | None = None, tracking_uri: str | None = None, checkpoint_dir: str | None = None) -> int:
@@ -46,13 +46,14 @@ def execute(
 ) -> tuple[str, list]:
     """Open a parent run, run the cells on Ray (by default not those already FINISHED in the
     store) and return (the parent run's id, left open for the caller's report; the failed
-    results). Failed cells are listed on stderr."""
+    results). Failed cells are listed on stderr. The parent run holds the code's commit
+    (`provenance.code_version`), which each cell run copies."""
     done = track.finished_run_keys(uri, sweep.name) if skip_finished else set()
     todo = [c for c in cells if c.run_key not in done]
     print(f"sweep {sweep.name}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run", file=sys.stderr)
     print(f"tracking: {uri}", file=sys.stderr)
 
-    parent = track.start_sweep_run(uri, sweep.name, spec_text, [_describe(c) for c in cells], tags)
+    parent = track.start_sweep_run(uri, sweep.name, spec_text, [_describe(c) for c in cells], {**provenance.code_version(), **(tags or {})})
     results = []
     if todo:
         cluster.connect(address)

@@ -48,6 +48,14 @@ def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_ur
     final = json.loads(open(client.download_artifacts(lora.info.run_id, "analysis/final.json")).read())
     assert final["step"] == 6 and final["modules"] and all(m["stable_rank"] >= 1.0 - 1e-6 for m in final["modules"])
     assert {a.path for a in client.list_artifacts(lora.info.run_id, "adapter")} >= {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
+    # provenance: the driver's commit, where the cell ran, and fingerprints of its data
+    tags = lora.data.tags
+    assert tags["git.commit"] == parents[0].data.tags["git.commit"] and len(tags["git.commit"]) == 40
+    assert tags["version.torch"] and tags["version.lm_eval"] and int(tags["hw.cpu_count"]) >= 1 and tags["hw.gpu_count"] == "0"
+    assert len(tags["data.train_sha256"]) == len(tags["data.eval_sha256"]) == 64
+    assert by_method["none"].data.tags["data.eval_sha256"] == tags["data.eval_sha256"]  # the same scored items
+    contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in lora.inputs.dataset_inputs}
+    assert contexts == {"cs-32/train": "training", "arc_easy/eval": "evaluation"}
     logged = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert logged >= {"comparison.md", "comparison.html", "comparison.tex", "comparison.csv", "report.html", "sweep.yaml"}
 
@@ -55,6 +63,9 @@ def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_ur
     assert main(["report", "tiny", "--tracking-uri", tracking_uri, "--format", "csv"]) == 0
     csv = capsys.readouterr().out
     assert csv.startswith("row,column,") and "test_name" in csv and "lora" in csv
+    assert main(["report", "tiny", "--tracking-uri", tracking_uri]) == 0
+    footer = capsys.readouterr().out.partition("## Provenance")[2]
+    assert f"Code: commit {tags['git.commit'][:12]}" in footer and "torch " in footer and "cores)" in footer and "WARNING" not in footer
     assert main(["report", "tiny", "--tracking-uri", tracking_uri, "--baseline", "dora"]) == 2
     assert "baseline 'dora' is not a method" in capsys.readouterr().err
 

@@ -68,6 +68,7 @@ def test_tiny_encoder_trains_and_scores(task, data_dir):
     assert set(scores.metrics[task]) == set(glue.TASKS[task].metrics)
     rows = scores.samples[task]
     assert len(rows) == 20 and len({r["doc_id"] for r in rows}) == 20
+    assert [i["doc_id"] for i in scores.inputs[task]] == [r["doc_id"] for r in rows]
     if task == "stsb":
         assert all(isinstance(r["pred"], float) and r["sq_err"] == pytest.approx((r["pred"] - r["gold"]) ** 2) for r in rows)
     else:

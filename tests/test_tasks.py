@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -90,6 +91,8 @@ def test_lm_eval_scores_a_seeded_subset_and_keeps_every_item(data_dir):
         assert sorted(i["doc_id"] for i in items) == expected_ids
         assert all(i["acc"] in (0.0, 1.0) and i["acc"] == float(i["pred"] == i["gold"]) for i in items)
         assert result.metrics[name]["acc"] == pytest.approx(sum(i["acc"] for i in items) / len(items))
+        scored = result.inputs[name]  # what the eval sha256 is taken over: every item as lm-eval scored it
+        assert [i["doc_id"] for i in scored] == expected_ids and all(len(json.loads(i["text"])) >= 2 for i in scored)
     assert "acc_norm" in result.metrics["arc_easy"] and "acc_norm" not in result.metrics["winogrande"]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -45,6 +45,8 @@ class EvalResult:
     metrics: dict[str, dict[str, float]]  # task -> {metric: value}
     samples: dict[str, list[dict]]  # task -> per-item rows (doc_id, gold, pred, 0/1 score ...), for paired tests
     raw: dict  # what the scorer reported, kept as the cell's `raw_artifact`
+    # task -> the scored items as scored (doc_id, text, gold), in doc order: the eval data's sha256
+    inputs: dict[str, list[dict]] = field(default_factory=dict)
 
 
 class Family:
@@ -80,6 +82,11 @@ class Family:
 
     def training_examples(self, regime: Regime, data: Path | None) -> list:
         """The regime's training examples, drawn deterministically from its sample_seed."""
+        raise NotImplementedError
+
+    def example_rows(self, examples: list) -> list[dict]:
+        """The examples as plain rows of text and label, independent of any tokenizer: what the
+        training sample's sha256 and MLflow dataset are made of."""
         raise NotImplementedError
 
     def encode(self, examples: list, tokenizer, max_len: int) -> list[dict]:

@@ -152,6 +152,7 @@ def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, lim
             for i, g, p in zip(ids, gold, pred)
         ]
         result.raw[name] = {"n_items": len(ids), "metrics": result.metrics[name]}
+        result.inputs[name] = [{"doc_id": i, "text": json.dumps(example(name, rows[i]).texts, ensure_ascii=False), "gold": g} for i, g in zip(ids, gold)]
     return result
 
 
@@ -203,6 +204,9 @@ class Glue(Family):
     def training_examples(self, regime: Regime, data: Path | None) -> list[Example]:
         n = None if regime.n_examples == "full" else regime.n_examples
         return training_examples(regime.tasks[0], n, regime.sample_seed, data)
+
+    def example_rows(self, examples: list) -> list[dict]:
+        return [{"text_a": ex.texts[0], **({"text_b": ex.texts[1]} if len(ex.texts) > 1 else {}), "label": ex.label} for ex in examples]
 
     def encode(self, examples: list, tokenizer, max_len: int) -> list[dict]:
         return tokenize(examples, tokenizer, max_len)

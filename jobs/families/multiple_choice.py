@@ -10,6 +10,7 @@ lm-eval is imported inside the functions that need it: `validate` reads this mod
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 from pathlib import Path
@@ -143,7 +144,8 @@ def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, lim
     }
     samples = {name: [_item(task, s) for s in out["samples"][name]] for name, task in tasks.items()}
     raw = {k: out[k] for k in ("results", "versions", "n-samples", "configs") if k in out}
-    return EvalResult(metrics, samples, raw)
+    inputs = {name: [_input(task, s) for s in sorted(out["samples"][name], key=lambda s: int(s["doc_id"]))] for name, task in tasks.items()}
+    return EvalResult(metrics, samples, raw, inputs)
 
 
 def _item(task, sample: dict) -> dict:
@@ -156,6 +158,11 @@ def _item(task, sample: dict) -> dict:
         "acc": float(sample["acc"]),
         **({"acc_norm": float(sample["acc_norm"])} if "acc_norm" in sample else {}),
     }
+
+
+def _input(task, sample: dict) -> dict:
+    """One scored item as lm-eval scored it: every (context, continuation) request and the gold index."""
+    return {"doc_id": int(sample["doc_id"]), "text": json.dumps(sample["arguments"], ensure_ascii=False, default=str), "gold": gold_index(task, sample["doc"])}
 
 
 class MultipleChoice(Family):
@@ -184,6 +191,9 @@ class MultipleChoice(Family):
     def training_examples(self, regime: Regime, data: Path | None) -> list[tuple[str, str]]:
         n = None if regime.n_examples == "full" else regime.n_examples
         return training_examples(regime.tasks, n, regime.sample_seed, data)
+
+    def example_rows(self, examples: list) -> list[dict]:
+        return [{"context": context, "continuation": continuation} for context, continuation in examples]
 
     def encode(self, examples: list, tokenizer, max_len: int) -> list[dict]:
         return tokenize(examples, tokenizer, max_len)
