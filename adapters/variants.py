@@ -138,13 +138,19 @@ def load_config(path: str | Path) -> PeftbenchLoraConfig | None:
 
     peft's `from_pretrained` would read a plain LoraConfig and drop our fields.
     """
-    saved = json.loads((Path(path) / "adapter_config.json").read_text())
-    if not saved.get("peftbench_variant"):
+    if not json.loads((Path(path) / "adapter_config.json").read_text()).get("peftbench_variant"):
         return None
-    names = {f.name for f in fields(PeftbenchLoraConfig) if f.init}
-    config = PeftbenchLoraConfig(**{k: v for k, v in saved.items() if k in names})
+    config = saved_config(path, PeftbenchLoraConfig)
     config._register_custom_module({nn.Linear: VariantLinear})
     return config
+
+
+def saved_config(path: str | Path, cls: type[peft.LoraConfig]) -> peft.LoraConfig:
+    """The `cls` config saved under `path`; its `peft_type` is not read (`adapters.persist` puts a
+    marker there that peft's own loaders refuse)."""
+    saved = json.loads((Path(path) / "adapter_config.json").read_text())
+    names = {f.name for f in fields(cls) if f.init} - {"peft_type"}
+    return cls(**{k: v for k, v in saved.items() if k in names})
 
 
 def layers(model: nn.Module, method: str | None = None):
