@@ -4,7 +4,8 @@ A Cell is everything one job needs; its `run_key` is a stable hash of what deter
 result (method, hyperparameters, backbone, regime, seed, training and evaluation settings),
 so the same cell always has the same key and a changed hyperparameter gives a new one.
 Where a cell runs (its resources, how often it checkpoints), how its row is labelled and which
-sweep named it do not change the result and are left out of the key. The sweep schema
+sweep named it do not change the result and are left out of the key, and so is a field added
+later while it holds its default (`Strict.added_later`): existing keys stay valid. The sweep schema
 (`pipeline.spec`) builds on these types; the worker (`jobs.cell`) needs nothing else.
 """
 
@@ -14,7 +15,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
@@ -23,6 +24,17 @@ IGNORE = -100  # the `labels` value of a token row that the loss skips: prompt t
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields added after stores held run_keys: left out of the key while at their default, so
+    # every cell that does not use one keeps the key it had before the field existed.
+    added_later: ClassVar[tuple[str, ...]] = ()
+
+    def key_content(self) -> dict[str, Any]:
+        """What of this section determines a result: its fields, less `added_later` ones at their default."""
+        content = self.model_dump()
+        for name in self.added_later:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                del content[name]
+        return content
 
 
 class TrainArgs(Strict):
@@ -36,6 +48,9 @@ class TrainArgs(Strict):
     grad_clip: PositiveFloat = 1.0
     max_seq_len: PositiveInt = 512
     zero_stage: Literal[0, 1, 2, 3] = 2
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"  # after warmup_ratio's linear warmup
+
+    added_later = ("lr_scheduler",)
 
 
 class EvalArgs(Strict):
@@ -79,6 +94,7 @@ class Cell(Strict):
     @functools.cached_property
     def run_key(self) -> str:
         content = self.model_dump(exclude={"sweep", "resources", "label", "checkpoint_every"})
+        content.update({name: getattr(self, name).key_content() for name in ("train", "eval", "regime")})
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def params(self) -> dict[str, str]:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import deepspeed
 import torch
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_scheduler
 
 import adapters
 from jobs.contract import IGNORE
@@ -115,8 +115,8 @@ def train(
     `token_type_ids`); the model computes the loss from the labels either way.
 
     `args` is a `jobs.contract.TrainArgs`: lr, epochs or max_steps, micro_batch_size,
-    grad_accum, warmup_ratio, weight_decay, max_seq_len, zero_stage, grad_clip.
-    AdamW with linear warmup then linear decay, gradient clipping, everything seeded.
+    grad_accum, warmup_ratio, lr_scheduler, weight_decay, max_seq_len, zero_stage, grad_clip.
+    AdamW with linear warmup then `lr_scheduler` (`schedule`), gradient clipping, everything seeded.
     `on_step(step, loss, total_steps, replayed)` is called after every step; on resume, first
     with `replayed=True` for each step the checkpoint already holds, so the loss curve is whole.
     With `checkpoint_dir`, a checkpoint written there every `checkpoint_every` steps (trainable
@@ -133,7 +133,7 @@ def train(
 
     # AdamW over the trainable parameters unless the method needs its own (LoRA+ groups, ...)
     optimizer = adapters.make_optimizer(model, method, args.lr, args.weight_decay, hparams)
-    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup_ratio * steps), steps)
+    schedule = make_schedule(optimizer, args, steps)
     config = {
         "train_micro_batch_size_per_gpu": args.micro_batch_size,
         "gradient_accumulation_steps": args.grad_accum,
@@ -182,6 +182,17 @@ def train(
     model = engine.module.eval()
     engine.destroy()
     return model, result
+
+
+# TrainArgs.lr_scheduler -> transformers' scheduler: each warms up linearly over warmup_ratio of
+# the steps, then decays linearly to 0, by a half cosine to 0, or stays at lr.
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, args, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule over `steps` optimizer steps that `args` names."""
+    warmup = math.ceil(args.warmup_ratio * steps)
+    return get_scheduler(SCHEDULERS[args.lr_scheduler], optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
 def _save(engine, directory: Path, step: int, result: TrainResult) -> None:

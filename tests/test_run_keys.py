@@ -34,3 +34,12 @@ def test_tiny_and_grid_sweeps_keep_their_run_keys(write_spec):
         "lora(r=4)/cs-32/arc_easy/s1=505b56a47ff55154",
         "lora(r=8)/cs-32/arc_easy/s1=58f3c67a8bf97f6b",
     ]
+
+
+def test_a_scheduler_enters_the_run_key_only_when_it_is_not_the_default(write_spec):
+    """lr_scheduler came after the keys above: the default (linear), named or not, keeps them."""
+    default = _keys(write_spec(TINY_SWEEP))
+    assert _keys(write_spec(TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, lr_scheduler: linear"), "linear.yaml")) == default
+    cosine = _keys(write_spec(TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, lr_scheduler: cosine"), "cosine.yaml"))
+    constant = _keys(write_spec(TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, lr_scheduler: constant"), "constant.yaml"))
+    assert len(set(default) | set(cosine) | set(constant)) == 3 * len(default)

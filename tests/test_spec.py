@@ -70,6 +70,8 @@ BAD = {
     "unknown hyperparameter": (TINY_SWEEP.replace("{r: 4}", "{rank: 4}"), "has no hyperparameter 'rank'"),
     "non-positive lr": (TINY_SWEEP.replace("lr: 1.0e-3", "lr: 0"), "train.lr: Input should be greater than 0"),
     "non-positive steps": (TINY_SWEEP.replace("max_steps: 6", "max_steps: -1"), "train.max_steps"),
+    "unknown scheduler": (TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, lr_scheduler: cosine_restarts"),
+                          "train.lr_scheduler: Input should be 'linear', 'cosine' or 'constant'"),
     "unknown task": (TINY_SWEEP.replace("tasks: [arc_easy]", "tasks: [arc_medium]"), "unknown task 'arc_medium'"),
     "train-less task": (TINY_SWEEP.replace("tasks: [arc_easy, openbookqa]", "tasks: [piqa]"), "'piqa' has no train split"),
     "unknown backbone": (TINY_SWEEP.replace("[tiny-llama]", "[gpt-17]"), "unknown backbone 'gpt-17'"),

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 import adapters
 from jobs import backbones
 from jobs.contract import IGNORE, TrainArgs
 from jobs.families import multiple_choice as tasks
 from jobs.families.multiple_choice import tokenize
-from jobs.train import DivergedError, train
+from jobs.train import DivergedError, make_schedule, train
 
 
 def test_loss_covers_exactly_the_answer_tokens():
@@ -25,6 +28,24 @@ def test_truncation_keeps_the_answer():
     [row] = tokenize([("word " * 200 + "end", " the answer")], tokenizer, max_len=16)
     assert len(row["input_ids"]) == 16
     assert tokenizer.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l != IGNORE]) == " the answer"
+
+
+@pytest.mark.parametrize("name, after_warmup", [
+    ("linear", [1.0, 0.75, 0.5, 0.25]),  # to 0 over the 8 steps after warmup
+    ("cosine", [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]),
+    ("constant", [1.0, 1.0, 1.0, 1.0]),
+])
+def test_schedules_warm_up_linearly_then_follow_their_name(name, after_warmup):
+    """10 steps, warmup_ratio 0.2: lr rises 0 → lr over 2 steps, then the named shape (every 2nd step shown)."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = make_schedule(optimizer, TrainArgs(lr=0.1, warmup_ratio=0.2, lr_scheduler=name), steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(schedule.get_last_lr()[0] / 0.1)
+        optimizer.step()
+        schedule.step()
+    assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])
+    assert lrs[2::2] == pytest.approx(after_warmup)
 
 
 @pytest.mark.slow  # DeepSpeed engines
