@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--tracking-uri", **tracking)
     nightly = commands.add_parser("nightly", parents=[loud], help="run the nightly suite as a new night; exit 1 on a significant regression vs an earlier night")
     nightly.add_argument("--spec", default="configs/nightly.yaml", help="the suite (default: configs/nightly.yaml)")
-    nightly.add_argument("--against", default="last", help="`last` (the newest earlier night that passed) or a nightly parent run's id")
+    nightly.add_argument("--against", default="last", help="`last` (the newest accepted nights, as many as the spec's gate.nights) or one nightly parent run's id")
     nightly.add_argument("--address", **address)
     nightly.add_argument("--tracking-uri", **tracking)
     nightly.add_argument("--out", default=None, help="also write nightly.md and nightly.html into this directory")
@@ -56,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             sweeps = spec.load_all(args.spec)
             for sweep in sweeps:
                 spec.check_resources(args.spec, sweep, *cluster.nodes(args.address))
-            ref = nightly_runner.reference(uri, sweeps[0].name, args.against)
+            gate = sweeps[0].gate or spec.GateSpec()
+            refs = nightly_runner.history(uri, sweeps[0].name, args.against, gate.nights)
         except ValueError as err:  # SpecError, NightlyError
             print(f"error: {err}", file=sys.stderr)
             return 2
-        return nightly_runner.nightly(args.spec, sweeps, uri, ref, args.address, args.out)
+        return nightly_runner.nightly(args.spec, sweeps, uri, refs, args.address, args.out)
 
     if args.command == "report":
         from pipeline import compare, track

@@ -4,30 +4,34 @@ Every night is a new parent run in the suite's experiment (tag `nightly` = the n
 start time) and every cell trains again: the run_key skip of `run` is off, so tonight is a new
 measurement, not a lookup; cells are told apart by their parent run, not their run_key.
 
-The gate (a regression exits 1):
-- Accuracy, per backbone × regime × method × task: exact McNemar on the per-item 0/1 results,
-  the items of all seeds pooled as pairs (seed, doc_id) of tonight vs the earlier night; Holm
-  over every such comparison of the night. A regression is a corrected p < 0.05 with tonight lower.
-- Throughput and memory, per backbone × regime × method: the noise band is the earlier night's
-  mean ± max(K_STD × its std over that method's cells (seeds, GLUE tasks), a relative floor).
-  Tokens/s below the band or peak memory above it is a regression. The floor keeps a band from
-  collapsing to nothing when three timings happen to agree.
+The gate (a regression exits 1); its settings are the suite's `gate:` (spec.GateSpec):
+- Accuracy, per backbone × regime × method × task, the unit is a seed's run: tonight's per-seed
+  scores against the same cell's per-seed scores over the last `nights` accepted nights, a
+  one-sided pooled two-sample t-test of "tonight is worse by more than `margin` points", Holm
+  over every such comparison of the night. Items are not replicates: a harmless change that
+  re-draws every training run moves all of a run's items together. Scores that repeat exactly
+  from night to night (deterministic training) count once. With no spread at all in either
+  night the decision is exact: a drop larger than the margin is a regression.
+- Throughput and memory, per backbone × regime × method: each as a ratio to the reference
+  method (`gate.reference`, LoRA) measured the same night, so a slower runner moves every
+  method and its reference together. The band is the earlier nights' mean ratio ± max(K_STD ×
+  their std, a relative floor); a ratio outside it on the worse side is a regression.
 
-`--against last` is the newest earlier night whose gate passed (or that set the baseline), so
-a regression stays flagged night after night until fixed, or until a night is accepted by
-naming it: `--against RUN_ID`.
+`--against last` takes the newest accepted nights (passed, or set the baseline), so a
+regression stays flagged night after night until fixed, or until a night is accepted by naming
+it: `--against RUN_ID` compares with that night alone.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from pipeline import compare, spec, stats, track
 from pipeline import sweep as sweep_runner
@@ -43,36 +47,36 @@ class NightlyError(ValueError):
     """Bad input to the nightly (no such earlier run); one line."""
 
 
-def reference(uri: str, name: str, against: str) -> str | None:
-    """The parent run tonight is compared with: `last` (None when no night passed yet) or a run id."""
+def history(uri: str, name: str, against: str, nights: int) -> list[str]:
+    """The parent runs tonight is compared with, newest first: the `nights` newest accepted
+    nights for `last` (empty when none passed yet), or the one night named by its run id."""
     if against == "last":
-        runs = [r for r in track.nightly_runs(uri, name) if r.data.tags.get(VERDICT) in ACCEPTED]
-        return runs[0].info.run_id if runs else None
+        return [r.info.run_id for r in track.nightly_runs(uri, name) if r.data.tags.get(VERDICT) in ACCEPTED][:nights]
     run = track.get_run(uri, against)
     if run is None or run.data.tags.get("nightly") is None or run.data.tags.get("sweep") != name:
         raise NightlyError(f"--against {against}: no nightly run of {name!r} with that id in {uri}")
-    return against
+    return [against]
 
 
-def nightly(spec_path: str, sweeps: list[spec.Sweep], uri: str, ref: str | None, address: str | None = None, out: str | None = None) -> int:
-    """Run tonight's cells, gate them against the night `ref` (None: tonight is the baseline),
-    log the report to tonight's parent run; return the exit code."""
-    name = sweeps[0].name
+def nightly(spec_path: str, sweeps: list[spec.Sweep], uri: str, refs: list[str], address: str | None = None, out: str | None = None) -> int:
+    """Run tonight's cells, gate them against the nights `refs` (empty: tonight is the
+    baseline), log the report to tonight's parent run; return the exit code."""
+    name, gate = sweeps[0].name, sweeps[0].gate or spec.GateSpec()
     cells = spec.expand_all(sweeps)
     night = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     parent, failed = sweep_runner.execute(
         cells, sweeps[0], Path(spec_path).read_text(), uri, address, None, skip_finished=False, tags={"nightly": night}
     )
     tonight = compare.results_frame(uri, name, parent=parent)
-    if ref is None:
+    if not refs:
         accuracy, cost = pd.DataFrame(), pd.DataFrame()
     else:
-        earlier = compare.results_frame(uri, name, parent=ref)
-        accuracy = accuracy_gate(_items(uri, tonight), _items(uri, earlier))
-        cost = cost_gate(tonight, earlier)
+        earlier = [compare.results_frame(uri, name, parent=ref) for ref in refs]
+        accuracy = accuracy_gate(tonight, earlier, gate.margin, gate.alpha)
+        cost = cost_gate(tonight, earlier, gate.reference)
     regressed = bool(accuracy.get("regression", pd.Series(dtype=bool)).any() or cost.get("regression", pd.Series(dtype=bool)).any())
-    verdict = "failed" if failed else "baseline" if ref is None else "regression" if regressed else "pass"
-    md, page = render(night, ref, verdict, scores(tonight), accuracy, cost, len(cells), len(failed))
+    verdict = "failed" if failed else "baseline" if not refs else "regression" if regressed else "pass"
+    md, page = render(night, refs, gate, verdict, scores(tonight), accuracy, cost, len(cells), len(failed))
     track.log_text(uri, parent, md, "nightly.md")
     track.log_text(uri, parent, page, "nightly.html")
     track.set_tag(uri, parent, VERDICT, verdict)
@@ -86,52 +90,88 @@ def nightly(spec_path: str, sweeps: list[spec.Sweep], uri: str, ref: str | None,
     return 0 if verdict in ACCEPTED else 1
 
 
-def _items(uri: str, results: pd.DataFrame) -> pd.DataFrame:
-    return compare.items_frame(uri, results) if not results.empty else pd.DataFrame()
+def drop_p(tonight, earlier, margin: float) -> np.ndarray:
+    """p of "tonight is below the earlier runs by more than `margin`" along the last axis:
+    one-sided pooled two-sample t-test (scipy), H0 tonight ≥ earlier − margin; batched over
+    any leading axes, so a simulation of many nights is one call."""
+    return scipy_stats.ttest_ind(np.asarray(tonight, float) + margin, np.asarray(earlier, float), axis=-1, alternative="less").pvalue
 
 
-def accuracy_gate(tonight: pd.DataFrame, earlier: pd.DataFrame, alpha: float = stats.ALPHA) -> pd.DataFrame:
-    """Per backbone × regime × method × task: both nights' accuracy (points), exact McNemar over
-    the items of all seeds, Holm over all rows; `regression` when significantly lower tonight."""
-    cols = stats.BLOCK + ["method", "task", "n_items", "earlier", "tonight", "diff", "test", "regression"]
-    if tonight.empty or earlier.empty or "acc" not in tonight or "acc" not in earlier:
+def worse_by_more_than(tonight, earlier, margin: float) -> stats.Significance:
+    """`drop_p` for one cell, as a named test. No spread in either night: the decision is exact."""
+    x, y = np.asarray(tonight, float), np.asarray(earlier, float)
+    if len(x) + len(y) <= 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+        drop = y.mean() - x.mean()
+        return stats.Significance(f"exact (no spread): {len(x)} run(s) tonight vs {len(y)} earlier, margin {margin:g}",
+                                  0.0 if drop > margin else 1.0, n=len(x))
+    name = f"one-sided t-test, {len(x)} run(s) tonight vs {len(y)} earlier, margin {margin:g}"
+    return stats.Significance(name, float(drop_p(x, y, margin)), n=len(x))
+
+
+def _runs(values: pd.DataFrame) -> np.ndarray:
+    """Per-seed scores of earlier nights, a score that repeats for its seed counted once."""
+    return values.drop_duplicates(["seed", "value"])["value"].to_numpy(float)
+
+
+def accuracy_gate(tonight: pd.DataFrame, earlier: list[pd.DataFrame], margin: float = 0.0, alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """Per backbone × regime × method × task: tonight's mean over seeds and the earlier nights'
+    (points), `worse_by_more_than`, Holm over all rows; `regression` when significant."""
+    keys = stats.BLOCK + ["method", "task"]
+    cols = keys + ["seeds", "runs_earlier", "earlier", "tonight", "diff", "test", "regression"]
+    now = stats.seed_values(tonight) if not tonight.empty else pd.DataFrame(columns=keys)
+    before = [stats.seed_values(frame) for frame in earlier if not frame.empty]
+    if now.empty or not before:
         return pd.DataFrame(columns=cols)
-    # stats.paired_items pairs two rows of a frame by `method`: the nights become the rows.
-    both = pd.concat([tonight.assign(night="tonight"), earlier.assign(night="earlier")])
-    both = both[both["acc"].notna()]
+    before = pd.concat(before, ignore_index=True)
+    before, now = before[np.isfinite(before["value"])], now[np.isfinite(now["value"])]
     rows = []
-    for method, frame in both.groupby("method"):
-        pairs = stats.paired_items(frame.drop(columns="method").rename(columns={"night": "method"}), "tonight", "earlier")
-        for key, pair in pairs.groupby(stats.BLOCK + ["task"]):
-            a, b = pair["acc_a"].to_numpy(), pair["acc_b"].to_numpy()
-            test = stats.mcnemar_exact(a, b) if np.isin(np.r_[a, b], (0, 1)).all() else stats.NOT_BINARY
-            rows.append(dict(zip(stats.BLOCK, key[:2]), method=method, task=key[2], n_items=len(pair),
-                             earlier=100 * b.mean(), tonight=100 * a.mean(), diff=100 * (a.mean() - b.mean()), test=test))
+    for key, cell in now.groupby(keys):
+        past = before[(before[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)]
+        if past.empty:
+            continue
+        runs = _runs(past)
+        x = cell["value"].to_numpy(float)
+        rows.append(dict(zip(keys, key), seeds=len(x), runs_earlier=len(runs), earlier=runs.mean(), tonight=x.mean(),
+                         diff=x.mean() - runs.mean(), test=worse_by_more_than(x, runs, margin)))
     if not rows:
         return pd.DataFrame(columns=cols)
     for row, corrected in zip(rows, stats.holm([r["test"] for r in rows], alpha)):
         row["test"] = corrected
-        row["regression"] = corrected.significant(alpha) and row["diff"] < 0
+        row["regression"] = corrected.significant(alpha)
     return pd.DataFrame(rows, columns=cols)
 
 
-def cost_gate(tonight: pd.DataFrame, earlier: pd.DataFrame) -> pd.DataFrame:
-    """Per backbone × regime × method and cost metric: the earlier night's mean ± band (the
-    noise band) and tonight's mean; `regression` when tonight is outside it on the worse side."""
-    cols = stats.BLOCK + ["method", "metric", "earlier", "band", "tonight", "n_earlier", "regression"]
+def _relative(frame: pd.DataFrame, metric: str, reference: str) -> pd.Series:
+    """Per backbone × regime × method: the night's mean `metric` over its cells ÷ the reference method's."""
     keys = stats.BLOCK + ["method"]
+    means = frame.drop_duplicates("run_key").dropna(subset=[metric]).groupby(keys)[metric].mean()
+    if means.empty:
+        return means
+    base = means.xs(reference, level="method") if reference in means.index.get_level_values("method") else None
+    if base is None:
+        return means.iloc[:0]
+    return means / means.index.droplevel("method").map(base).to_numpy()
+
+
+def cost_gate(tonight: pd.DataFrame, earlier: list[pd.DataFrame], reference: str = "lora") -> pd.DataFrame:
+    """Per backbone × regime × method (the reference excepted) and cost metric: the method's ratio
+    to the reference tonight, the earlier nights' mean ratio ± band; `regression` outside it on
+    the worse side."""
+    cols = stats.BLOCK + ["method", "metric", "earlier", "band", "tonight", "nights_earlier", "regression"]
     rows = []
     for metric, worse in WORSE.items():
-        per_cell = {night: frame.drop_duplicates("run_key").dropna(subset=[metric]) for night, frame in (("tonight", tonight), ("earlier", earlier))}
-        base = per_cell["earlier"].groupby(keys)[metric].agg(["mean", "std", "count"])
-        now = per_cell["tonight"].groupby(keys)[metric].mean()
-        for key, mean_now in now.items():
-            if key not in base.index:
+        now = _relative(tonight, metric, reference)
+        before = pd.concat([_relative(frame, metric, reference).rename(i) for i, frame in enumerate(earlier)], axis=1) if earlier else pd.DataFrame()
+        for key, ratio in now.items():
+            if key[-1] == reference or key not in before.index:
                 continue
-            mean, std, n = base.loc[key]
-            band = max(K_STD * (0.0 if math.isnan(std) else std), FLOOR[metric] * abs(mean))
-            rows.append(dict(zip(keys, key), metric=metric, earlier=mean, band=band, tonight=mean_now, n_earlier=int(n),
-                             regression=bool(worse * (mean_now - mean) > band)))
+            past = before.loc[key].dropna()
+            if past.empty:
+                continue
+            mean, std = past.mean(), past.std(ddof=1) if len(past) > 1 else 0.0
+            band = max(K_STD * std, FLOOR[metric] * abs(mean))
+            rows.append(dict(zip(stats.BLOCK + ["method"], key), metric=metric, earlier=mean, band=band, tonight=ratio,
+                             nights_earlier=len(past), regression=bool(worse * (ratio - mean) > band)))
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -148,23 +188,24 @@ def scores(tonight: pd.DataFrame) -> pd.DataFrame:
     return table.merge(cost, on=stats.BLOCK + ["method"], how="left")[cols]
 
 
-def render(night: str, ref: str | None, verdict: str, scores: pd.DataFrame, accuracy: pd.DataFrame, cost: pd.DataFrame,
-           n_cells: int, n_failed: int) -> tuple[str, str]:
+def render(night: str, refs: list[str], gate: spec.GateSpec, verdict: str, scores: pd.DataFrame, accuracy: pd.DataFrame,
+           cost: pd.DataFrame, n_cells: int, n_failed: int) -> tuple[str, str]:
     """The regression report as (markdown, a self-contained HTML page)."""
+    against = (f"Compared with the {len(refs)} newest accepted night(s): " + ", ".join(f"`{r}`" for r in refs) + "."
+               if refs else "No earlier accepted night: this night is the baseline.")
     head = [
         f"# Nightly {night}: {verdict}",
         "",
-        f"{n_cells} cells, {n_failed} failed. "
-        + ("No earlier passing night: this night is the baseline." if ref is None else f"Compared with nightly run `{ref}`."),
+        f"{n_cells} cells, {n_failed} failed. {against}",
         "",
-        f"Accuracy: exact McNemar per method × task on per-item results pooled over seeds, Holm over the "
-        f"{len(accuracy)} comparisons; a regression is p < {stats.ALPHA} after correction with tonight lower. "
-        f"Cost: the earlier night's mean ± max({K_STD:g} std, "
-        + ", ".join(f"{v:.0%} for {k}" for k, v in FLOOR.items())
-        + ") over its cells of the method.",
+        f"Accuracy: per method × task, tonight's per-seed scores against the same cell's scores over the earlier "
+        f"nights (a repeated score counted once), one-sided pooled t-test of a drop larger than {gate.margin:g} points, "
+        f"Holm over the {len(accuracy)} comparisons; a regression is p < {gate.alpha} after correction. "
+        f"Cost: each method's ratio to {gate.reference} the same night, against the earlier nights' mean ratio ± "
+        f"max({K_STD:g} std, " + ", ".join(f"{v:.0%} for {k}" for k, v in FLOOR.items()) + ").",
     ]
     tables = [("Tonight (points: mean and std over seeds)", scores)] if not scores.empty else []
-    for title, frame in (("Accuracy against the earlier night (points)", accuracy), ("Throughput and memory against the earlier night", cost)):
+    for title, frame in (("Accuracy against the earlier nights (points)", accuracy), (f"Throughput and memory relative to {gate.reference}, against the earlier nights", cost)):
         if frame.empty:
             continue
         shown = frame.assign(regression=frame["regression"].map({True: "REGRESSION", False: ""}))

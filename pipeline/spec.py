@@ -79,6 +79,15 @@ class BackboneSpec(Strict):
     resources: Resources | None = None
 
 
+class GateSpec(Strict):
+    """The nightly gate's settings (pipeline.nightly): how many earlier nights, the margin, the reference."""
+
+    nights: PositiveInt = 10  # earlier accepted nights whose runs tonight is compared with
+    margin: float = Field(0.0, ge=0)  # points tonight may fall below them before it is a regression
+    alpha: float = Field(0.05, gt=0, lt=1)  # family-wise, Holm over the night's comparisons
+    reference: str = "lora"  # throughput and memory are ratios to this method's, measured the same night
+
+
 class Sweep(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     backbones: list[str | BackboneSpec] = Field(min_length=1)  # a name, or {name, train, resources}
@@ -93,6 +102,7 @@ class Sweep(Strict):
     max_retries: int = Field(1, ge=0)  # extra attempts for a cell that fails or whose worker dies
     max_concurrent: PositiveInt | None = None  # cells in flight at once; None = as many as fit
     cluster: ClusterSpec | None = None  # for `plan` and `validate` without --address
+    gate: GateSpec | None = None  # `pipeline nightly` only: how tonight is compared with earlier nights
 
     @field_validator("backbones")
     @classmethod
