@@ -32,6 +32,7 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a probability in [0, 1)"),
     "fraction": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "name": (lambda v: isinstance(v, str) and bool(v), "a name"),
     "modules": (lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and v and all(isinstance(m, str) for m in v)),
                 "a module name pattern or a list of module names"),
 }
@@ -73,6 +74,9 @@ class Method:
     summary: str
     hparams: tuple[Hparam, ...] = ()
     rules: tuple[Callable[[dict], tuple[str, str] | None], ...] = ()  # relations between values: (key, detail) when broken
+    # Checks hyperparameters beyond the declared ones (HparamError if they are wrong): a method
+    # with one takes any others, its builder takes them as **kwargs (`peft`: any peft config's fields).
+    open_fields: Callable[[dict], None] | None = None
 
     def defaults(self) -> dict[str, Any]:
         return {h.name: h.default for h in self.hparams}
@@ -81,7 +85,7 @@ class Method:
         """The defaults overridden by `given`, every value and relation checked; MethodError if not."""
         known = self.defaults()
         for key in given:
-            if key not in known:
+            if key not in known and self.open_fields is None:
                 raise MethodError(f"method {self.name!r} has no hyperparameter {key!r} (it takes: {', '.join(known) or 'none'})")
         values = {**known, **given}
         for h in self.hparams:
@@ -90,6 +94,8 @@ class Method:
             broken = rule(values)
             if broken:
                 raise HparamError(self.name, *broken)
+        if self.open_fields is not None:
+            self.open_fields(values)
         return values
 
 
@@ -129,6 +135,73 @@ _LR_LORA_CORE = (
     TARGETS,
     *_SINC,
 )
+
+# Fields of a peft config that record where it came from, or that peftbench sets (task_type from
+# the backbone): not hyperparameters, and dropped from a config file a sweep names.
+PEFT_BOOKKEEPING = frozenset({"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version"})
+
+
+def peft_config_class(peft_type: str):
+    """peft's config class for `peft_type` (any case), HparamError naming peft's types if none.
+
+    Imports peft, and torch and transformers with it (README, Measured): only a sweep with a
+    `peft` row pays that at `validate`.
+    """
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type.upper())
+    if config_class is None:
+        raise HparamError("peft", "peft_type", f"must be one of peft's types ({', '.join(sorted(PEFT_TYPE_TO_CONFIG_MAPPING))}), got {peft_type!r}")
+    return config_class
+
+
+def _peft_fields(values: dict) -> None:
+    """The fields besides peft_type make a config of peft's own class for that type: each one a
+    field of the class, of the type the class annotates (pydantic, strict), and the class's own
+    checks passed (its __post_init__)."""
+    import dataclasses
+    import typing
+
+    import pydantic
+
+    config_class = peft_config_class(values["peft_type"])
+    fields = {k: v for k, v in values.items() if k != "peft_type"}
+    settable = {f.name for f in dataclasses.fields(config_class) if f.init} - PEFT_BOOKKEEPING
+    hints = typing.get_type_hints(config_class)
+    for key, value in fields.items():
+        if key not in settable:
+            raise HparamError("peft", key, f"is not a field of peft's {config_class.__name__}")
+        try:
+            pydantic.TypeAdapter(hints[key]).validate_python(value, strict=True)
+        except pydantic.ValidationError as err:
+            raise HparamError("peft", key, f"must be {getattr(hints[key], '__name__', str(hints[key]).replace('typing.', ''))} ({config_class.__name__}), got {value!r}: {err.errors()[0]['msg']}") from None
+    try:
+        config_class(**fields)
+    except (TypeError, ValueError) as err:
+        raise MethodError(f"method 'peft': {config_class.__name__}: {str(err).strip().splitlines()[0]}") from None
+
+
+def peft_defaults(peft_type: str) -> dict[str, Any]:
+    """The default of every field of peft's config class for `peft_type` that has one."""
+    import dataclasses
+
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(peft_config_class(peft_type))
+        if f.init and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+    }
+
+
+def peft_config_fields(saved: dict) -> dict[str, Any]:
+    """A saved peft config (what `save_pretrained` writes to adapter_config.json) as the
+    hyperparameters of a `peft` row: its peft_type and the fields that differ from the defaults
+    of peft's class for it (so a row names what it sets, and a field a later peft adds at its
+    default changes nothing)."""
+    peft_type = str(saved.get("peft_type"))
+    defaults = peft_defaults(peft_type)
+    fields = {k: v for k, v in saved.items() if k not in PEFT_BOOKKEEPING and (k not in defaults or v != defaults[k])}
+    return {"peft_type": peft_type, **fields}
+
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("none", "adapters.basic", "zero-shot: the backbone as it is, nothing trainable"),
@@ -178,6 +251,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            (Hparam("num_virtual_tokens", "count", 10, "prefix length"),)),
     Method("prompt_tuning", "adapters.peft_methods", "prompt tuning: trained input embeddings prepended to every sequence",
            (Hparam("num_virtual_tokens", "count", 10, "prompt length"),)),
+    Method("peft", "adapters.peft_methods", "any peft method: peft's config class for peft_type with the given fields",
+           (Hparam("peft_type", "name", None, "peft's PeftType name (LORA, LOHA, LOKR, OFT, ...); every other key is a field of its config class"),),
+           open_fields=_peft_fields),
     Method("qlora", "adapters.peft_methods", "QLoRA: LoRA over a frozen NF4-quantised base", LORA_CORE),
     Method("lr_lora", "adapters.elementwise", "LR-LoRA (paper reading): ΔW = φ(s·B·A), φ a learned sum of sincs", (
         *_LR_LORA_CORE,

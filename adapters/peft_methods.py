@@ -228,6 +228,19 @@ def build_prompt_tuning(model: nn.Module, num_virtual_tokens: int) -> nn.Module:
     return peft.get_peft_model(model, peft.PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=task_type(model)))
 
 
+@register("peft")
+def build_peft(model: nn.Module, peft_type: str, **fields) -> nn.Module:
+    """Any peft method: peft's own config class for `peft_type` with `fields` (checked against
+    that class by adapters.catalog before any cell runs), the task type from the backbone.
+
+    Trainable parameters: what peft's method for `peft_type` trains, as the cell counts it.
+    """
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    config = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type.upper()](**fields, task_type=task_type(model))
+    return peft.get_peft_model(model, config)
+
+
 @register("qlora")
 def build_qlora(model: nn.Module, r: int, lora_alpha: float, lora_dropout: float, target_modules: str | list[str]) -> nn.Module:
     """QLoRA (Dettmers et al. 2023): LoRA over a frozen NF4 base (bitsandbytes, runs on CPU).

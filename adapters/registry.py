@@ -25,16 +25,25 @@ def register(name: str):
     """Decorator: make `build` the builder of catalog method `name`."""
 
     def wrap(build: Callable[..., nn.Module]):
-        declared = set(catalog.method(name).defaults())
-        takes = {n for n in inspect.signature(build).parameters if n != "model"}
-        if takes != declared:
-            raise MethodError(f"builder of {name!r} takes {sorted(takes)} but adapters.catalog declares {sorted(declared)}")
+        method = catalog.method(name)
+        declared = set(method.defaults())
+        takes, opens = takes_hparams(build)
+        if takes != declared or opens != (method.open_fields is not None):
+            more = " and any others" if method.open_fields else ""
+            raise MethodError(f"builder of {name!r} takes {sorted(takes)}{' and **kwargs' if opens else ''} but adapters.catalog declares {sorted(declared)}{more}")
         if name in _BUILDERS:
             raise MethodError(f"method {name!r} is registered twice")
         _BUILDERS[name] = build
         return build
 
     return wrap
+
+
+def takes_hparams(build: Callable[..., nn.Module]) -> tuple[set[str], bool]:
+    """(the named hyperparameters `build` takes, whether it takes any others as **kwargs)."""
+    params = inspect.signature(build).parameters.values()
+    named = {p.name for p in params if p.name != "model" and p.kind is not p.VAR_KEYWORD}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def builder(method: str) -> Callable[..., nn.Module]:

@@ -4,11 +4,17 @@
 Hyperparameter grids: a list value in a method's `hparams` is a grid axis, and the method
 expands into one row per combination, labelled `lora(r=8)` by the values that vary. A
 hyperparameter that itself takes a list is written as a one-value grid: `[[q_proj, v_proj]]`.
+
+A `peft` row runs any peft config: `hparams: {peft_type: LOKR, r: 8}`, or `config:` naming an
+adapter_config.json whose fields become its hparams (under those `hparams` gives). Without a
+`label` it is named by its peft type and the fields in which it differs from the sweep's other
+rows of that type: `lokr`, `loha(r=8)`, `loha(r=16)`.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,30 @@ class MethodSpec(Strict):
     label: str | None = None  # how the row is named in tables; defaults to `name`
     hparams: dict[str, Any] = {}
     train: dict[str, Any] = {}  # overrides of the sweep's training arguments for this method
+    config: str | None = None  # `peft` rows: a saved adapter_config.json, read into `hparams`
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_peft_config(cls, raw: Any) -> Any:
+        """`config:` read once here, so a cell carries the fields themselves (its run_key follows
+        the file's content, not its path). A list value becomes a one-value grid."""
+        if not isinstance(raw, dict) or raw.get("config") is None:
+            return raw
+        if raw.get("name") != "peft":
+            raise ValueError("config: only a `peft` row reads a peft config file")
+        path = Path(raw["config"]).expanduser()
+        try:
+            saved = json.loads(path.read_text())
+        except (FileNotFoundError, IsADirectoryError):
+            raise ValueError(f"config: no such file {path}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config: {path} is not JSON ({err})") from None
+        try:
+            fields = catalog.peft_config_fields(saved)
+        except catalog.MethodError as err:
+            raise ValueError(f"config: {path}: {err}") from None
+        fields = {k: [v] if isinstance(v, list) else v for k, v in fields.items()}
+        return {**raw, "hparams": {**fields, **raw.get("hparams", {})}}
 
     @property
     def row(self) -> str:
@@ -119,12 +149,35 @@ class Sweep(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Sweep":
-        rows = [label for m in self.methods for label, _ in m.grid()]
+        rows = [label for _, label, _ in method_rows(self.methods)]
         for what, names in (("method", rows), ("regime", [r.name for r in self.regimes]), ("backbone", [b.name for b in self.backbones])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {what} names: {', '.join(dupes)} (give one a `label`)")
         return self
+
+
+def method_rows(methods: list[MethodSpec]) -> list[tuple[MethodSpec, str, dict[str, Any]]]:
+    """(method, row label, hyperparameters) of every grid row of `methods`. A `peft` row without
+    a label is named by its peft type and the fields that differ among the unlabelled rows of
+    that type."""
+    rows = [(m, label, hparams) for m in methods for label, hparams in m.grid()]
+    by_type: dict[str, list[int]] = {}
+    for i, (m, _, hparams) in enumerate(rows):
+        if m.name == "peft" and m.label is None:
+            by_type.setdefault(str(hparams.get("peft_type") or "peft").lower(), []).append(i)
+    for name, members in by_type.items():
+        try:
+            defaults = catalog.peft_defaults(name)  # what a row that leaves a field out gets
+        except catalog.MethodError:
+            defaults = {}  # not a peft type: validation names it
+        keys = sorted({k for i in members for k in rows[i][2]} - {"peft_type"})
+        value = {i: {k: rows[i][2].get(k, defaults.get(k)) for k in keys} for i in members}
+        differ = [k for k in keys if len({json.dumps(value[i][k], sort_keys=True, default=str) for i in members}) > 1]
+        for i in members:
+            m, _, hparams = rows[i]
+            rows[i] = (m, row_label(name, {k: value[i][k] for k in differ}), hparams)
+    return rows
 
 
 def train_args(sweep: Sweep, backbone: BackboneSpec, method: MethodSpec) -> TrainArgs:
@@ -136,7 +189,7 @@ def expand(sweep: Sweep) -> list[Cell]:
     """Every backbone × method (× its grid) × regime's cells × seed, with training overrides
     applied. How a regime maps to cells is its task family's (GLUE: one cell per task, each with
     its own head, under the regime's name)."""
-    rows = [(method, label, hparams) for method in sweep.methods for label, hparams in method.grid()]
+    rows = method_rows(sweep.methods)
     trained = [cell for regime in sweep.regimes for cell in families.of_regime(regime).cells(regime, sweep.tasks)]
     cells = []
     for backbone, (method, label, hparams), (regime, scored), seed in itertools.product(sweep.backbones, rows, trained, sweep.seeds):

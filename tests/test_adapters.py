@@ -18,7 +18,7 @@ from jobs import backbones
 ALL_METHODS = {
     "none", "full", "bitfit", "adapter", "lora", "rslora", "dora", "pissa", "loraplus", "vera", "randlora", "adalora",
     "ia3", "prefix_tuning", "prompt_tuning", "qlora", "lr_lora", "lr_lora_fixed", "lora_shift", "sine_lora", "nola",
-    "dylora", "elalora",
+    "dylora", "elalora", "peft",
 }
 
 # (method, hparams) cases: small settings keep the suite fast on 2 CPU cores.

@@ -106,13 +106,12 @@ def test_validate_and_plan_import_no_torch_deepspeed_lm_eval_or_ray(tmp_path):
 
 
 def test_every_declared_method_has_a_builder_taking_exactly_its_hyperparameters():
-    import inspect
-
     from adapters import catalog, registry
 
     for name in catalog.available():
-        takes = [p for p in inspect.signature(registry.builder(name)).parameters if p != "model"]
-        assert sorted(takes) == sorted(catalog.hyperparameters(name)), name
+        takes, opens = registry.takes_hparams(registry.builder(name))
+        assert takes == set(catalog.hyperparameters(name)), name
+        assert opens == (catalog.method(name).open_fields is not None), name  # **kwargs only for a method of open fields
 
 
 def test_the_console_script_takes_the_same_subcommands(tmp_path):

@@ -25,10 +25,16 @@ HPARAMS = {
     "vera": {"r": 16}, "randlora": {"r": 16}, "adalora": {"init_r": 4, "target_r": 2}, "lr_lora": {"r": 4},
     "lr_lora_fixed": {"r": 4}, "sine_lora": {"r": 4}, "nola": {"num_basis_a": 8, "num_basis_b": 8},
     "elalora": {"init_r": 2, "max_r": 4}, "adapter": {"bottleneck": 8}, "lora_shift": {"shift_dim": 8},
+    "peft": {"peft_type": "LOKR", "r": 4},
 }
+# Every registered method, and more `peft` rows: peft's own types the catalog has no name for.
+CASES = [(method, HPARAMS.get(method, {})) for method in catalog.available()] + [
+    ("peft", {"peft_type": "OFT", "r": 0, "oft_block_size": 4}),
+    ("peft", {"peft_type": "LOHA", "r": 4, "target_modules": "all-linear"}),
+]
 # The README's list: these load with plain peft.PeftModel.from_pretrained; every other method
 # with adapters.load_adapter, and a plain peft load of it fails.
-PEFT_NATIVE = {"lora", "rslora", "dora", "pissa", "loraplus", "vera", "randlora", "adalora", "ia3", "prefix_tuning", "prompt_tuning"}
+PEFT_NATIVE = {"lora", "rslora", "dora", "pissa", "loraplus", "vera", "randlora", "adalora", "ia3", "prefix_tuning", "prompt_tuning", "peft"}
 NO_ADAPTED_LINEARS = {"none", "full", "bitfit", "adapter", "prefix_tuning", "prompt_tuning"}  # nothing for the diagnostics
 IDS = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -60,8 +66,8 @@ def test_the_catalog_is_what_this_file_covers():
 
 @pytest.mark.slow  # DeepSpeed engines
 @pytest.mark.usefixtures("eager_kernels", "one_thread")
-@pytest.mark.parametrize("method", catalog.available())
-def test_every_method_runs_as_a_whole_cell_and_its_adapter_loads_back(method, backbone, tracking_uri, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method, hparams", CASES, ids=[f"{m}-{hp['peft_type']}" if m == "peft" else m for m, hp in CASES])
+def test_every_method_runs_as_a_whole_cell_and_its_adapter_loads_back(method, hparams, backbone, tracking_uri, tmp_path, monkeypatch):
     scored = {}
     evaluate = MultipleChoice.evaluate
 
@@ -71,7 +77,7 @@ def test_every_method_runs_as_a_whole_cell_and_its_adapter_loads_back(method, ba
 
     monkeypatch.setattr(MultipleChoice, "evaluate", evaluate_and_keep_logits)
     cell = Cell(
-        sweep="every-method", method=method, label=method, hparams=HPARAMS.get(method, {}), backbone=backbone,
+        sweep="every-method", method=method, label=method, hparams=hparams, backbone=backbone,
         regime=Regime(name="cs-8", tasks=["arc_easy"], n_examples=8), seed=0,
         train=TrainArgs(lr=1e-3, micro_batch_size=4, max_steps=2, max_seq_len=64), eval=EvalArgs(limit=4, batch_size=4),
         tasks=["arc_easy"], resources=Resources(),

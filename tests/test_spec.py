@@ -90,6 +90,19 @@ BAD = {
     "documents disagree on the name": (TINY_SWEEP + "---\n" + TINY_SWEEP.replace("name: tiny", "name: other"), "name: every document of one file runs as one sweep, so they need the same name, got tiny, other"),
     "documents disagree on retries": (TINY_SWEEP + "---\n" + TINY_SWEEP + "max_retries: 3\n", "max_retries: every document"),
     "bad second document": (TINY_SWEEP + "---\n" + TINY_SWEEP.replace("name: lora", "name: lorax"), "methods.1: unknown method 'lorax'"),
+    "unknown peft type": (TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", "name: peft\n    hparams: {peft_type: LORAX}"),
+                          "methods.1.hparams.peft_type: must be one of peft's types (ADALORA,"),
+    "unknown peft field": (TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", "name: peft\n    hparams: {peft_type: LOKR, rank: 4}"),
+                           "methods.1.hparams.rank: is not a field of peft's LoKrConfig"),
+    "bad peft value": (TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", "name: peft\n    hparams: {peft_type: LOHA, r: eight}"),
+                       "methods.1.hparams.r: must be int (LoHaConfig), got 'eight'"),
+    "peft's own check": (TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", "name: peft\n    hparams: {peft_type: OFT, r: 4}"),
+                         "methods.1: method 'peft': OFTConfig: You can only specify either r (4) or oft_block_size (32)"),
+    "peft config file missing": (TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", "name: peft\n    config: /nowhere/adapter_config.json"),
+                                 "config: no such file /nowhere/adapter_config.json"),
+    "config on another method": (TINY_SWEEP.replace("hparams: {r: 4}", "config: adapter_config.json"), "config: only a `peft` row reads a peft config file"),
+    "two peft rows alike": (TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", "name: peft\n    hparams: {peft_type: LOKR}\n  - name: peft\n    hparams: {peft_type: lokr}"),
+                            "duplicate method names: lokr"),
     "empty methods": (TINY_SWEEP.replace("  - name: none\n  - name: lora\n    hparams: {r: 4}\n", "").replace("methods:", "methods: []"), "methods: List should have at least 1 item"),
 }
 
@@ -135,3 +148,26 @@ def test_a_file_of_several_sweeps_validates_and_plans_as_one(tracking_uri, capsy
     assert main(["plan", str(path), "--tracking-uri", tracking_uri]) == 0
     out = capsys.readouterr().out
     assert f"{len(cells)} cells, 0 already finished" in out and all(c.run_key in out for c in cells)
+
+
+def test_peft_rows_are_named_by_type_and_what_differs_and_read_a_saved_config(write_spec, tmp_path):
+    """A saved adapter_config.json (peft's own save_pretrained) gives the row its fields, less
+    peft's bookkeeping and its defaults; unlabelled rows of one type show the fields that differ,
+    a field a row leaves out at peft's default (LoKr's alpha 8, target_modules None)."""
+    import peft
+
+    peft.LoKrConfig(r=4, alpha=16, target_modules=["q_proj"], task_type="CAUSAL_LM").save_pretrained(tmp_path / "lokr")
+    text = TINY_SWEEP.replace("name: lora\n    hparams: {r: 4}", f"""name: peft
+    config: {tmp_path / "lokr" / "adapter_config.json"}
+  - name: peft
+    hparams: {{peft_type: LOKR, r: 8}}
+  - name: peft
+    hparams: {{peft_type: OFT, r: 0, oft_block_size: [4, 8]}}
+  - name: peft
+    label: mine
+    hparams: {{peft_type: LOKR, r: 2}}""")
+    cells = spec.expand(spec.load(write_spec(text)))
+    rows = {c.label: c.hparams for c in cells}
+    assert list(rows) == ["none", "lokr(alpha=16, r=4, target_modules=['q_proj'])", "lokr(alpha=8, r=8, target_modules=None)",
+                          "oft(oft_block_size=4)", "oft(oft_block_size=8)", "mine"]
+    assert rows["lokr(alpha=16, r=4, target_modules=['q_proj'])"] == {"peft_type": "LOKR", "r": 4, "alpha": 16, "target_modules": ["q_proj"]}
