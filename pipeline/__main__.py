@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("spec")
     plan.add_argument("--address", **address)
     plan.add_argument("--tracking-uri", **tracking)
+    plan.add_argument("--target-mde", type=float, default=None, metavar="POINTS", help="also print how many seeds bring the MDE down to POINTS")
     status = commands.add_parser("status", parents=[loud], help="done/running/failed/remaining cells of a sweep, from MLflow alone")
     status.add_argument("sweep", help="the sweep's name")
     status.add_argument("--tracking-uri", **tracking)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plan":
         from pipeline import plan
 
-        return plan.plan(sweeps, args.tracking_uri, *nodes)
+        return plan.plan(sweeps, args.tracking_uri, *nodes, target_mde=args.target_mde)
     from pipeline import sweep as sweep_runner
 
     return sweep_runner.run(args.spec, args.address, args.tracking_uri, args.checkpoint_dir)
