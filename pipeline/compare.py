@@ -155,8 +155,11 @@ def run_data(uri: str, results: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def method_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Per backbone × regime × method: mean task-average score over seeds and the cost columns."""
-    values = stats.seed_values(results)
-    per_seed = values.groupby(["backbone", "regime", "method", "seed"]).value.mean() / 100
+    values = stats.seed_values(results).dropna(subset=["value"])
+    n_tasks = values.groupby(["backbone", "regime"])["task"].transform("nunique")
+    complete = values.groupby(["backbone", "regime", "method", "seed"])["task"].transform("nunique") == n_tasks
+    # the table's Average: a seed counts only with every task of its block, as in pipeline.tables
+    per_seed = values[complete].groupby(["backbone", "regime", "method", "seed"]).value.mean() / 100
     avg = per_seed.groupby(["backbone", "regime", "method"]).mean().rename("avg")
     cost = results.groupby(["backbone", "regime", "method"])[["trainable_params", "tokens_per_s", "peak_mem_mb"]].mean()
     return cost.join(avg).reset_index()
