@@ -120,6 +120,8 @@ def _train_and_score(cell: Cell, run: tracking.CellRun, checkpoints: Path) -> di
                 "train/peak_mem_mb": _peak_memory_mb(),
             }
         )
+        if result.discarded:  # a checkpoint cut short or damaged: trained again from the last whole one
+            run.set_tag("checkpoint.discarded", "; ".join(result.discarded))
         _log_diagnostics(run, model, result.steps, "final")
         with run.scratch_dir() as tmp:  # the trained state, loadable with adapters.load_adapter
             adapters.save_adapter(model, tmp)

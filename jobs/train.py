@@ -7,6 +7,8 @@ runs the code a cluster runs. `python -m jobs.train CELL.json` runs one whole ce
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -36,6 +38,7 @@ class TrainResult:
     train_tokens: int = 0  # non-padding tokens seen (prompt and answer)
     seconds: float = 0.0  # wall time of the loop, engine set-up excluded
     resumed_from: int = 0  # the step a checkpoint resumed this run from (0: from the start)
+    discarded: list[str] = field(default_factory=list)  # checkpoints not resumed from, and why
 
     @property
     def tokens_per_s(self) -> float:
@@ -195,10 +198,18 @@ def make_schedule(optimizer: torch.optim.Optimizer, args, steps: int) -> torch.o
     return get_scheduler(SCHEDULERS[args.lr_scheduler], optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
+MANIFEST = "sha256.json"  # in each checkpoint tag: every file's digest, written once the save is whole
+
+
+def _digests(tag_dir: Path) -> dict[str, str]:
+    return {str(f.relative_to(tag_dir)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(tag_dir.rglob("*")) if f.is_file() and f.name != MANIFEST}
+
+
 def _save(engine, directory: Path, step: int, result: TrainResult) -> None:
     """Checkpoint the trainable weights (frozen backbone weights excluded), optimizer, schedule,
-    progress and RNG under tag `step<N>`; keep only the newest. DeepSpeed writes `latest` last,
-    so a save cut short leaves the previous checkpoint in force."""
+    progress and RNG under tag `step<N>`, then its manifest of digests (rank 0, after DeepSpeed's
+    closing barrier: every rank's files are written); keep only the newest whole one."""
     state = {
         "step": step, "losses": result.losses, "train_tokens": result.train_tokens,
         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
@@ -206,18 +217,44 @@ def _save(engine, directory: Path, step: int, result: TrainResult) -> None:
     }
     engine.save_checkpoint(str(directory), tag=f"step{step}", client_state=state, exclude_frozen_parameters=True)
     if torch.distributed.get_rank() == 0:
+        tag_dir = Path(directory) / f"step{step}"
+        partial = tag_dir / f"{MANIFEST}.partial"
+        partial.write_text(json.dumps(_digests(tag_dir)))
+        os.replace(partial, tag_dir / MANIFEST)  # atomic: a manifest is either whole or absent
         for old in Path(directory).glob("step*"):
             if old.name != f"step{step}":
                 shutil.rmtree(old, ignore_errors=True)
 
 
+def _verified_tag(directory: Path, result: TrainResult) -> str | None:
+    """The newest checkpoint tag whose files match its manifest. Checkpoints are unpickled, so
+    nothing is loaded that this code did not write whole: a tag cut short, damaged or altered
+    is discarded (removed, and noted in `result.discarded`), and training starts from the newest
+    good one, or from step 0."""
+    tags = sorted(Path(directory).glob("step*"), key=lambda d: int(d.name.removeprefix("step")) if d.name[4:].isdigit() else -1, reverse=True)
+    for tag_dir in tags:
+        manifest = tag_dir / MANIFEST
+        try:
+            whole = json.loads(manifest.read_text()) == _digests(tag_dir)
+        except (OSError, ValueError):
+            whole = False
+        if whole:
+            return tag_dir.name
+        result.discarded.append(f"{tag_dir.name}: {'files differ from its manifest' if manifest.exists() else 'no manifest (save cut short)'}")
+        shutil.rmtree(tag_dir, ignore_errors=True)
+    return None
+
+
 def _resume(engine, directory: Path | None, result: TrainResult) -> int:
-    """Load the newest checkpoint in `directory` into the engine and `result`; return the step
-    to continue from (0 when there is none)."""
-    if not directory or not (Path(directory) / "latest").exists():
+    """Load the newest whole checkpoint in `directory` into the engine and `result`; return the
+    step to continue from (0 when there is none)."""
+    if not directory or not Path(directory).is_dir():
+        return 0
+    tag = _verified_tag(directory, result)
+    if tag is None:
         return 0
     # Frozen weights are not in the checkpoint: they come from the backbone, hence not strict.
-    _, state = engine.load_checkpoint(str(directory), load_module_strict=False)
+    _, state = engine.load_checkpoint(str(directory), tag=tag, load_module_strict=False)
     result.losses, result.train_tokens = list(state["losses"]), state["train_tokens"]
     random.setstate(state["python_rng"])
     torch.set_rng_state(state["torch_rng"])

@@ -96,3 +96,31 @@ def test_peak_memory_is_each_cells_own_in_a_reused_worker():
     cell._reset_peak_memory()
     second = cell._peak_memory_mb()
     assert first - second > 200, (first, second)
+
+
+@pytest.mark.slow  # DeepSpeed engines
+def test_a_checkpoint_cut_short_or_damaged_is_discarded_not_unpickled(data_dir, tmp_path):
+    """A rerun resumes from a whole checkpoint; from one whose files no longer match the manifest
+    written after the save (a crash mid-write, a bad disk) it starts afresh instead of failing
+    in the unpickler every time, and says so."""
+    examples = tasks.training_examples(["arc_easy"], 8, 0, data_dir)
+    args = TrainArgs(lr=1e-3, micro_batch_size=4, max_steps=4, max_seq_len=96)
+
+    def run(max_steps: int):
+        model, tokenizer = backbones.load("tiny-llama")
+        model = adapters.apply(model, "lora", r=4)
+        rows = tokenize(examples, tokenizer, 96)
+        return train(model, tokenizer, rows, args.model_copy(update={"max_steps": max_steps}), seed=0,
+                     checkpoint_dir=tmp_path, checkpoint_every=2)[1]
+
+    run(3)  # checkpoint at step 2, then stops at 3: step2/ stays for a rerun
+    assert (tmp_path / "step2" / "sha256.json").exists()
+    assert run(3).resumed_from == 2  # whole: resumed
+    weights = next(f for f in (tmp_path / "step2").rglob("*.pt"))
+    weights.write_bytes(b"not a pickle" + weights.read_bytes()[12:])  # damaged in place
+    again = run(3)
+    assert again.resumed_from == 0 and len(again.losses) == 3
+    assert again.discarded == ["step2: files differ from its manifest"]
+    (tmp_path / "step2" / "sha256.json").unlink()  # the rerun saved step2 anew; now a save cut short before its manifest
+    cut = run(3)
+    assert cut.resumed_from == 0 and cut.discarded == ["step2: no manifest (save cut short)"]
