@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 IGNORE = -100  # the `labels` value of a token row that the loss skips: prompt tokens and padding
 
@@ -27,12 +27,15 @@ class Strict(BaseModel):
     # Fields added after stores held run_keys: left out of the key while at their default, so
     # every cell that does not use one keeps the key it had before the field existed.
     added_later: ClassVar[tuple[str, ...]] = ()
+    # An added_later field whose default is resolved before a cell runs (precision `auto`): the
+    # resolved value that does what every cell did before the field existed, left out instead.
+    keyless_value: ClassVar[dict[str, Any]] = {}
 
     def key_content(self) -> dict[str, Any]:
         """What of this section determines a result: its fields, less `added_later` ones at their default."""
         content = self.model_dump()
         for name in self.added_later:
-            if getattr(self, name) == type(self).model_fields[name].default:
+            if getattr(self, name) == self.keyless_value.get(name, type(self).model_fields[name].default):
                 del content[name]
         return content
 
@@ -49,13 +52,20 @@ class TrainArgs(Strict):
     max_seq_len: PositiveInt = 512
     zero_stage: Literal[0, 1, 2, 3] = 2
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"  # after warmup_ratio's linear warmup
+    # auto: bf16 for a cell with GPUs, fp32 for a CPU cell (resolved when the Cell is made, see Cell)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward (non-reentrant)
+    # None: transformers' choice for the architecture (sdpa where it has it), what every cell used before
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = None
+    deepspeed: dict[str, Any] = {}  # merged into the generated DeepSpeed config (offload, bucket sizes, ...)
 
-    added_later = ("lr_scheduler",)
+    added_later = ("lr_scheduler", "precision", "gradient_checkpointing", "attn_implementation", "deepspeed")
+    keyless_value = {"precision": "fp32"}  # cells before `precision` trained in float32
 
 
 class EvalArgs(Strict):
     limit: PositiveInt | None = None  # items per task, a seeded random subset; None = all
-    batch_size: PositiveInt = 8
+    batch_size: PositiveInt | Literal["auto"] = 8  # auto: the largest that fits (lm-eval's detection)
 
 
 class Regime(Strict):
@@ -90,6 +100,22 @@ class Cell(Strict):
     tasks: list[str]
     resources: Resources
     checkpoint_every: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_precision(cls, raw: Any) -> Any:
+        """`precision: auto` becomes what the cell's resources run: bf16 with GPUs, fp32 on CPU.
+        Resolved here, where every Cell is made (spec, tests, a CELL.json), so a Cell never holds
+        auto and its run_key says what it ran: a CPU cell's fp32 is left out (its key is the one it
+        had before the field existed), a GPU cell's bf16 is in (a finished CPU cell cannot stand in)."""
+        if not isinstance(raw, dict) or raw.get("train") is None or raw.get("resources") is None:
+            return raw  # (pydantic names what is missing)
+        train = raw["train"] if isinstance(raw["train"], TrainArgs) else TrainArgs.model_validate(raw["train"])
+        if train.precision != "auto":
+            return raw
+        resources = raw["resources"]
+        gpus = resources.gpus if isinstance(resources, Resources) else Resources.model_validate(resources).gpus
+        return {**raw, "train": train.model_copy(update={"precision": "bf16" if gpus > 0 else "fp32"})}
 
     @functools.cached_property
     def run_key(self) -> str:

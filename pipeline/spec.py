@@ -295,6 +295,9 @@ def _check_names(path: Path, sweep: Sweep) -> None:
             except ValidationError as err:
                 first = err.errors()[0]
                 raise SpecError(f"{path}: {where}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    for backbone in sweep.backbones:
+        for method in sweep.methods:
+            _check_train(path, sweep, backbone, method)
     for i, name in enumerate(b.name for b in sweep.backbones):
         if not backbones.is_known(name):
             raise SpecError(f"{path}: backbones.{i}: unknown backbone {name!r} (registered: {', '.join(backbones.REGISTERED)}; or a hub id / local path)")
@@ -323,6 +326,41 @@ def _check_names(path: Path, sweep: Sweep) -> None:
             if backbone.name in backbones.ENCODERS:
                 takers = ", ".join(f.title for f in families.families() if f.takes_encoders)
                 raise SpecError(f"{path}: backbones.{i}: {backbone.name!r} is an encoder: it trains and scores {takers} tasks only")
+
+
+# DeepSpeed settings the sweep's own fields set: a `train.deepspeed` that named them would contradict them.
+OWNED_DEEPSPEED = {
+    "train_batch_size": "micro_batch_size and grad_accum", "train_micro_batch_size_per_gpu": "micro_batch_size",
+    "gradient_accumulation_steps": "grad_accum", "gradient_clipping": "grad_clip", "optimizer": "the method's optimizer",
+    "scheduler": "lr_scheduler", "bf16.enabled": "precision", "fp16.enabled": "precision",
+}
+
+
+def _check_train(path: Path, sweep: Sweep, backbone: BackboneSpec, method: MethodSpec) -> None:
+    """A backbone × method's training settings can run where its cells run: fp16 only on GPUs
+    (CPUs have no fp16 matrix kernels DeepSpeed trains with), no ZeRO-3 (its partitioned
+    parameters would need gathering for the adapters' ZeRO hooks, evaluation, merge, diagnostics
+    and saving, which the cell does not do), no DeepSpeed setting that a sweep field owns."""
+    args = train_args(sweep, backbone, method)
+    resources = backbone.resources or sweep.resources
+
+    def where(key: str) -> str:
+        if key in method.train:
+            return f"methods.{sweep.methods.index(method)}.train.{key}"
+        if key in backbone.train:
+            return f"backbones.{sweep.backbones.index(backbone)}.train.{key}"
+        return f"train.{key}"
+
+    if args.precision == "fp16" and resources.gpus == 0:
+        raise SpecError(f"{path}: {where('precision')}: fp16 needs GPUs and {backbone.name}'s cells have none (resources.gpus: 0); use bf16 or fp32 on CPU")
+    stage = args.deepspeed.get("zero_optimization", {}).get("stage", args.zero_stage)
+    if stage == 3:
+        key = "deepspeed" if "stage" in args.deepspeed.get("zero_optimization", {}) else "zero_stage"
+        raise SpecError(f"{path}: {where(key)}: ZeRO stage 3 is not supported (evaluation, merge, diagnostics, saving and the adapters' ZeRO hooks need whole parameters); use 0, 1 or 2, with train.deepspeed offload for memory")
+    named = [*args.deepspeed] + [f"{k}.{sub}" for k, v in args.deepspeed.items() if isinstance(v, dict) for sub in v]
+    for key in named:
+        if key in OWNED_DEEPSPEED:
+            raise SpecError(f"{path}: {where('deepspeed')}.{key}: set by the sweep's {OWNED_DEEPSPEED[key]}, not in train.deepspeed")
 
 
 def _check_method(path: Path, where: str, method: MethodSpec, used_backbones: list[BackboneSpec]) -> None:
