@@ -14,7 +14,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.utils.integrations import dequantize_bnb_weight as bnb_dequantize
 
 from adapters import zero
-from adapters.registry import register, register_after_backward, register_optimizer
+from adapters.registry import adamw, register, register_after_backward, register_optimizer
 
 
 def task_type(model: nn.Module) -> peft.TaskType | None:
@@ -239,6 +239,36 @@ def build_peft(model: nn.Module, peft_type: str, **fields) -> nn.Module:
 
     config = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type.upper()](**fields, task_type=task_type(model))
     return peft.get_peft_model(model, config)
+
+
+def adamss_after_backward(model, step: int, total_steps: int) -> None:
+    """AdaMSS's subspace allocation (a no-op unless use_asa): importance from the gradients, then
+    the masking of subspaces, after backward and before the optimizer zeroes the gradients."""
+    params = [p for n, p in model.named_parameters() if "adamss_" in n and p.requires_grad]
+    with zero.visible_grads(params):  # peft reads p.grad, which ZeRO-2 empties
+        model.base_model.update_and_allocate(step)
+
+
+# The per-step needs of the peft types a `peft` row may name: the hooks their named methods use,
+# found by the row's peft type, so the loop sees one method (`peft`) and no type names.
+PEFT_TYPE_OPTIMIZERS = {"ADALORA": adalora_optimizer}
+PEFT_TYPE_AFTER_BACKWARD = {"ADALORA": adalora_after_backward, "ADAMSS": adamss_after_backward}
+
+
+@register_optimizer("peft")
+def peft_optimizer(model, lr: float, weight_decay: float, peft_type: str, **_) -> torch.optim.Optimizer:
+    """The optimizer of the row's peft type (AdaLoRA's re-masking AdamW), else plain AdamW."""
+    make = PEFT_TYPE_OPTIMIZERS.get(peft_type.upper())
+    return make(model, lr=lr, weight_decay=weight_decay) if make else adamw(model, lr, weight_decay)
+
+
+@register_after_backward("peft")
+def peft_after_backward(model, step: int, total_steps: int) -> None:
+    """The per-step hook of the row's peft type (AdaLoRA's, AdaMSS's update_and_allocate), if it has one."""
+    peft_type = model.peft_config[model.active_adapter].peft_type
+    hook = PEFT_TYPE_AFTER_BACKWARD.get(getattr(peft_type, "value", peft_type))
+    if hook is not None:
+        hook(model, step, total_steps)
 
 
 @register("qlora")

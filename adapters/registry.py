@@ -99,13 +99,18 @@ def make_optimizer(model: nn.Module, method: str, lr: float, weight_decay: float
     builder(method)  # its module registers its hooks
     if method in _OPTIMIZERS:
         return _OPTIMIZERS[method](model, lr=lr, weight_decay=weight_decay, **catalog.resolve(method, hparams or {}))
+    return adamw(model, lr, weight_decay)
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW(0.9, 0.999) over the trainable parameters: the optimizer of every method that registers none."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
 
 
 def after_backward(model: nn.Module, method: str, step: int, total_steps: int) -> None:
     """Run `method`'s per-step hook (AdaLoRA's rank allocation, DyLoRA's rank draw, ElaLoRA's
-    prune/expand) after backward and before the optimizer step; a no-op for other methods."""
+    prune/expand; a `peft` row's by its peft type) after backward and before the optimizer step; a no-op for other methods."""
     hook = _AFTER_BACKWARD.get(method)
     if hook is not None:
         hook(model, step, total_steps)

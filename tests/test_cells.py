@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import adapters
-from adapters import catalog
+from adapters import catalog, peft_methods
 from jobs import backbones
 from jobs.cell import run_cell
 from jobs.contract import Cell, EvalArgs, Regime, Resources, TrainArgs
@@ -31,6 +31,10 @@ HPARAMS = {
 CASES = [(method, HPARAMS.get(method, {})) for method in catalog.available()] + [
     ("peft", {"peft_type": "OFT", "r": 0, "oft_block_size": 4}),
     ("peft", {"peft_type": "LOHA", "r": 4, "target_modules": "all-linear"}),
+    # Types with a per-step hook: AdaLoRA's budget (total_step here is the loop's to replace) and AdaMSS's masking
+    ("peft", {"peft_type": "ADALORA", "init_r": 4, "target_r": 2, "total_step": 1000}),
+    ("peft", {"peft_type": "ADAMSS", "r": 8, "num_subspaces": 2, "subspace_rank": 2, "use_asa": True, "asa_target_subspaces": 1,
+              "init_warmup": 0, "final_warmup": 1, "mask_interval": 1}),
 ]
 # The README's list: these load with plain peft.PeftModel.from_pretrained; every other method
 # with adapters.load_adapter, and a plain peft load of it fails.
@@ -76,6 +80,9 @@ def test_every_method_runs_as_a_whole_cell_and_its_adapter_loads_back(method, hp
         return evaluate(self, model, *args, **kwargs)
 
     monkeypatch.setattr(MultipleChoice, "evaluate", evaluate_and_keep_logits)
+    hooked = []  # the per-step hooks of peft types that ran, one entry per step
+    for peft_type, hook in peft_methods.PEFT_TYPE_AFTER_BACKWARD.items():
+        monkeypatch.setitem(peft_methods.PEFT_TYPE_AFTER_BACKWARD, peft_type, lambda *a, t=peft_type, h=hook: (hooked.append(t), h(*a)))
     cell = Cell(
         sweep="every-method", method=method, label=method, hparams=hparams, backbone=backbone,
         regime=Regime(name="cs-8", tasks=["arc_easy"], n_examples=8), seed=0,
@@ -94,6 +101,7 @@ def test_every_method_runs_as_a_whole_cell_and_its_adapter_loads_back(method, hp
         torch.testing.assert_close(scored["logits"], logits(backbones.load(backbone)[0]))
         return
     assert result.metrics["train/steps"] == 2
+    assert hooked == [hparams["peft_type"]] * 2 if hparams.get("peft_type") in peft_methods.PEFT_TYPE_AFTER_BACKWARD else not hooked
     if method not in NO_ADAPTED_LINEARS:
         final = json.loads(Path(client.download_artifacts(result.run_id, "analysis/final.json", str(tmp_path))).read_text())
         assert final["modules"] and all(math.isfinite(m["stable_rank"]) for m in final["modules"])
@@ -107,6 +115,6 @@ def test_every_method_runs_as_a_whole_cell_and_its_adapter_loads_back(method, hp
             peft.PeftModel.from_pretrained(backbones.load(backbone)[0], local)
         loaded = adapters.load_adapter(backbones.load(backbone)[0], local)
     torch.testing.assert_close(logits(loaded.eval()), scored["logits"], atol=1e-5, rtol=1e-4)
-    if method == "adalora":  # its per-step hook ran: the budget follows the cell's real length
+    if method == "adalora" or hparams.get("peft_type") == "ADALORA":  # its per-step hook ran: the budget follows the cell's real length
         saved = json.loads((local / "adapter_config.json").read_text())
         assert saved["total_step"] == 2 and saved["rank_pattern"]
