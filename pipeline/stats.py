@@ -54,7 +54,7 @@ class Significance:
     def __str__(self) -> str:
         if math.isnan(self.p):
             return self.test
-        return f"p={self.p:.3g} ({self.test}, n={self.n}; correction: {self.correction})"
+        return f"p={format_p(self.p)} ({self.test}, n={self.n}; correction: {self.correction})"
 
 
 @dataclass(frozen=True)

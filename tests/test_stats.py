@@ -250,3 +250,7 @@ def test_mde_is_the_power_formula_on_the_tests_own_standard_error():
     assert stats.mde(result, 0.01) == pytest.approx(expected)
     six_seeds = stats.Difference(1.0, stats.NOT_TESTED, None, ("t",), 6, 0, 50.0, se=1.0, df=5.0, design="seeds")
     assert math.isfinite(stats.mde(six_seeds, 0.05)) and stats.mde(six_seeds, 0.01) == math.inf  # 2/64 > 0.01
+
+
+def test_a_p_below_what_floats_hold_is_never_printed_as_zero():
+    assert str(stats.Significance("exact McNemar", 0.0, n=2000)).startswith("p=<1e-300 (exact McNemar")
