@@ -1,10 +1,11 @@
 """The peftbench command line: `python -m pipeline run|validate|plan SPEC`, `status SWEEP`,
-`report SWEEP|CSV`, `nightly`."""
+`report SWEEP|CSV`, `nightly`, `import-peft DIR`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from jobs import quiet
 
@@ -45,8 +46,36 @@ def main(argv: list[str] | None = None) -> int:
     nightly.add_argument("--address", **address)
     nightly.add_argument("--tracking-uri", **tracking)
     nightly.add_argument("--out", default=None, help="also write nightly.md and nightly.html into this directory")
+    suite = commands.add_parser("import-peft", parents=[loud], help="a sweep file from a peft method_comparison suite folder")
+    suite.add_argument("dir", help="the suite folder: default_training_params.json and experiments/<method>/<name>/")
+    suite.add_argument("--backbone", required=True, help="the backbone every row trains (a registered name, hub id or local path)")
+    suite.add_argument("--tasks", default="arc_easy,openbookqa", help="comma-separated: trained on (their train splits) and scored on (default: arc_easy,openbookqa)")
+    suite.add_argument("--n-examples", default="1000", help="training examples drawn from the tasks' train splits, or `full` (default: 1000)")
+    suite.add_argument("--seeds", default=None, help="comma-separated seeds (default: the suite's own seed)")
+    suite.add_argument("--gpus", type=float, default=0, help="GPUs per cell (default: 0; fp16 suites need them)")
+    suite.add_argument("--name", default=None, help="the sweep's name (default: the folder's)")
+    suite.add_argument("--out", default=None, help="write the sweep file here (default: standard output)")
     args = parser.parse_args(argv)
     quiet.configure(args.verbose)
+
+    if args.command == "import-peft":
+        from pipeline import peft_suite
+
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+            n = args.n_examples if args.n_examples == "full" else int(args.n_examples)
+            sweep, ignored = peft_suite.import_suite(args.dir, args.backbone, args.tasks.split(","), seeds, n, args.name, args.gpus)
+        except ValueError as err:  # SuiteError, a seed or count that is not a number
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if ignored:
+            print(f"ignored: {', '.join(ignored)}", file=sys.stderr)
+        text = peft_suite.dump(sweep)
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            sys.stdout.write(text)
+        return 0
 
     if args.command == "nightly":
         from pipeline import cluster, spec, track
