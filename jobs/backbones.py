@@ -61,6 +61,18 @@ def cache_dir() -> Path:
     return path
 
 
+def extensions_dir() -> Path:
+    """Where DeepSpeed's compiled ops go: one folder per interpreter and torch build, since two
+    venvs sharing one would rebuild each other's ops at every cell (README, Measured)."""
+    import hashlib
+    import sys
+
+    import torch
+
+    build = hashlib.sha256(f"{sys.prefix}:{torch.__version__}".encode()).hexdigest()[:12]
+    return cache_dir() / "torch_extensions" / build
+
+
 def is_known(name: str) -> bool:
     """A registered name, an existing local folder, or something shaped like a hub id (org/name)."""
     return name in REGISTERED or Path(name).expanduser().is_dir() or name.count("/") == 1
@@ -77,13 +89,20 @@ def linear_modules(name: str) -> tuple[str, ...] | None:
     return LINEAR_MODULES.get(model_type)
 
 
-def load(name: str, num_labels: int | None = None) -> tuple[torch.nn.Module, object]:
-    """(model in float32 eval mode, tokenizer) for a registered name, hub id or local path:
-    a causal LM, or with `num_labels` a sequence classifier with a new head."""
-    if name == "tiny-llama" and num_labels is None:
-        return _tiny_llama()
-    if name == "tiny-bert" and num_labels is not None:
-        return _tiny_bert(num_labels)
+def load(
+    name: str, num_labels: int | None = None, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[torch.nn.Module, object]:
+    """(model in eval mode, tokenizer) for a registered name, hub id or local path: a causal LM,
+    or with `num_labels` a sequence classifier with a new head.
+
+    The weights are loaded in `dtype` (default float32) straight onto `device` (default the
+    CPU): transformers builds the model on the meta device and fills it from the checkpoint, so
+    a rank never holds a full float32 copy in host memory. `attn_implementation` None is
+    transformers' choice for the architecture (sdpa where it has one)."""
+    if name in ("tiny-llama", "tiny-bert") and (name == "tiny-llama") == (num_labels is None):
+        model, tokenizer = _tiny_llama(attn_implementation) if num_labels is None else _tiny_bert(num_labels, attn_implementation)
+        return model.to(device=device, dtype=dtype), tokenizer
     if name in ("tiny-llama", "tiny-bert"):
         raise BackboneError(f"backbone {name!r} is {'a causal LM only' if name == 'tiny-llama' else 'an encoder: classification only'}")
     if name == "smollm2-135m":
@@ -98,10 +117,15 @@ def load(name: str, num_labels: int | None = None) -> tuple[torch.nn.Module, obj
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
+    options = {"dtype": dtype or torch.float32}
+    if device is not None and torch.device(device).type != "cpu":
+        options["device_map"] = {"": torch.device(device)}  # every weight straight to this rank's device
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
     if num_labels is None:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, **options)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **options)
         if model.config.pad_token_id is None:  # decoder backbones: the head pools the last non-pad token
             tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -144,7 +168,7 @@ def _smollm2_folder() -> Path:
     return folder
 
 
-def _tiny_llama() -> tuple[torch.nn.Module, object]:
+def _tiny_llama(attn_implementation: str | None = None) -> tuple[torch.nn.Module, object]:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -160,12 +184,13 @@ def _tiny_llama() -> tuple[torch.nn.Module, object]:
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        attn_implementation=attn_implementation,
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
-def _tiny_bert(num_labels: int) -> tuple[torch.nn.Module, object]:
+def _tiny_bert(num_labels: int, attn_implementation: str | None = None) -> tuple[torch.nn.Module, object]:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(_minilm_folder())
@@ -178,5 +203,6 @@ def _tiny_bert(num_labels: int) -> tuple[torch.nn.Module, object]:
         max_position_embeddings=512,
         num_labels=num_labels,
         pad_token_id=tokenizer.pad_token_id,
+        attn_implementation=attn_implementation,
     )
     return BertForSequenceClassification(config).eval(), tokenizer

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import hashlib
 import json
 import os
-import resource
 import shutil
 import sys
 import traceback
@@ -22,7 +20,7 @@ import torch
 import adapters
 from jobs import backbones, diagnostics, families, memory, provenance, quiet, tracking
 from jobs.contract import Cell, JobResult
-from jobs.train import train
+from jobs.train import placement, train
 
 
 def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, checkpoint_dir: str | None = None) -> JobResult:
@@ -34,10 +32,7 @@ def run_cell(cell: Cell, tracking_uri: str, parent_run_id: str | None = None, ch
     other ranks train their share of each batch and return.
     """
     quiet.configure()
-    # Compiled ops belong to one interpreter and torch build: two venvs sharing one cache dir
-    # (two checkouts) would otherwise rebuild each other's ops at every cell (README, Measured).
-    build = hashlib.sha256(f"{sys.prefix}:{torch.__version__}".encode()).hexdigest()[:12]
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.cache_dir() / "torch_extensions" / build))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(backbones.extensions_dir()))
     checkpoints = Path(checkpoint_dir or backbones.cache_dir() / "checkpoints") / cell.run_key
     if int(os.environ.get("RANK", "0")) != 0:
         return _train_other_rank(cell, checkpoints)
@@ -70,6 +65,7 @@ def _placement() -> dict[str, str]:
 
 def _train_other_rank(cell: Cell, checkpoints: Path) -> JobResult:
     """A rank other than 0: train (the collectives need every rank), log nothing."""
+    _reset_peak_memory()  # the cell's peak is the largest rank's: this rank's own, from now
     try:
         model, tokenizer, trainable, _ = _adapted(cell)
         if trainable:
@@ -81,10 +77,14 @@ def _train_other_rank(cell: Cell, checkpoints: Path) -> JobResult:
 
 
 def _adapted(cell: Cell) -> tuple[torch.nn.Module, object, int, int]:
-    """(backbone with the method applied, tokenizer, trainable parameters, backbone parameters)."""
+    """(backbone with the method applied, tokenizer, trainable parameters, backbone parameters).
+
+    The backbone is loaded in the cell's precision on this rank's device, so a `none` cell also
+    scores there."""
     family = families.of_regime(cell.regime)
     torch.manual_seed(cell.seed)  # a new classifier head is initialised from the cell's seed
-    model, tokenizer = backbones.load(cell.backbone, family.num_labels(cell.regime))
+    device, dtype = placement(cell.train.precision)
+    model, tokenizer = backbones.load(cell.backbone, family.num_labels(cell.regime), dtype, device, cell.train.attn_implementation)
     total = sum(p.numel() for p in model.parameters())
     model = adapters.apply(model, cell.method, **cell.hparams)
     family.prepare(model)
@@ -117,7 +117,7 @@ def _train_and_score(cell: Cell, run: tracking.CellRun, checkpoints: Path) -> di
                 "train/seconds": result.seconds,
                 "train/resumed_from_step": result.resumed_from,
                 "train/tokens_per_s": result.tokens_per_s,
-                "train/peak_mem_mb": _peak_memory_mb(),
+                "train/peak_mem_mb": result.peak_mem_mb,
             }
         )
         if result.discarded:  # a checkpoint cut short or damaged: trained again from the last whole one
@@ -199,17 +199,6 @@ def _reset_peak_memory() -> None:
         memory.reset_peak()
     except OSError:
         pass
-
-
-def _peak_memory_mb() -> float:
-    """Peak accelerator memory on GPU; on CPU, the process's peak resident set (imports and model
-    included) since `_reset_peak_memory`."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        return memory.status_kb("VmHWM") / 1024
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str]) -> None:

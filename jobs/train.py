@@ -24,6 +24,7 @@ import torch
 from transformers import get_scheduler
 
 import adapters
+from jobs import memory
 from jobs.contract import IGNORE
 
 
@@ -39,6 +40,7 @@ class TrainResult:
     seconds: float = 0.0  # wall time of the loop, engine set-up excluded
     resumed_from: int = 0  # the step a checkpoint resumed this run from (0: from the start)
     discarded: list[str] = field(default_factory=list)  # checkpoints not resumed from, and why
+    peak_mem_mb: float = 0.0  # the largest of every rank's peak (memory.peak_mb) at the end of the loop
 
     @property
     def tokens_per_s(self) -> float:
@@ -70,6 +72,73 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         if per_token:
             batch["labels"][i, :n] = torch.tensor(r["labels"])
     return batch
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # TrainArgs.precision
+
+
+def resolved(precision: str) -> str:
+    """TrainArgs.precision with `auto` (left only in TrainArgs made outside a Cell) decided here:
+    bf16 on a GPU, fp32 on the CPU, as a Cell decides it from its resources."""
+    return precision if precision != "auto" else "bf16" if torch.cuda.is_available() else "fp32"
+
+
+def placement(precision: str) -> tuple[torch.device, torch.dtype]:
+    """(this rank's device, the dtype `precision` loads the backbone in): on CUDA the GPU that
+    LOCAL_RANK names (the one `init_distributed` binds), with TF32 for float32 matrix products
+    (tensor cores; bf16/fp16 runs keep their float32 arithmetic exact); else the CPU."""
+    precision = resolved(precision)
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), DTYPES[precision]
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16: {torch.cuda.get_device_name()} has no bf16; set train.precision to fp16 or fp32")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "fp32"
+    local = int(os.environ.get("LOCAL_RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    return torch.device("cuda", local), DTYPES[precision]
+
+
+def pad_id(tokenizer) -> int:
+    """The id padding is written with: the tokenizer's pad token, else (Llama-3 and others have
+    none) its EOS or UNK. Padding is masked out of attention and loss, so any id is exact."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if token_id is not None:
+            return token_id
+    raise ValueError("the tokenizer has no pad, EOS or UNK token to pad with")
+
+
+def deepspeed_config(args, trainable: int) -> dict:
+    """DeepSpeed's config for TrainArgs `args`, with `args.deepspeed` merged in last (key by key).
+
+    bf16/fp16 are DeepSpeed's `torch_autocast` section: the frozen backbone is held in that
+    dtype, the trainable parameters in float32 (peft's autocast_adapter_dtype; `train` upcasts
+    any other), matrix products run in the low dtype under torch.autocast, and fp16 gets
+    DeepSpeed's dynamic loss scaling. Not its `bf16`/`fp16` sections: those cast every parameter,
+    adapters included, beside adapter buffers left in float32 (peft's VeRA, our shift and φ
+    layers then fail on mixed dtypes). Gradients are reduced in float32 (no module listed as
+    lower-precision safe). ZeRO's gradient reduce bucket
+    (preallocated, 5e8 elements by default: 1.9 GiB in float32) is sized to the trainable
+    parameters, so an adapter's peak memory is not mostly an empty bucket."""
+    config = {
+        "train_micro_batch_size_per_gpu": args.micro_batch_size,
+        "gradient_accumulation_steps": args.grad_accum,
+        "gradient_clipping": args.grad_clip,
+        "zero_optimization": {"stage": args.zero_stage},
+        "zero_allow_untested_optimizer": True,  # plain torch AdamW: the same optimizer on CPU and GPU
+        "steps_per_print": 10**9,
+    }
+    if args.zero_stage > 0:
+        config["zero_optimization"]["reduce_bucket_size"] = max(1, min(int(5e8), trainable))
+    if resolved(args.precision) != "fp32":
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}[resolved(args.precision)]
+        config["torch_autocast"] = {"enabled": True, "dtype": dtype, "lower_precision_safe_modules": []}
+    return _merged(config, args.deepspeed)
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def init_distributed() -> None:
@@ -134,17 +203,17 @@ def train(
     per_step = args.micro_batch_size * args.grad_accum * world
     steps = args.max_steps or max(1, len(rows) // per_step) * args.epochs
 
+    if args.gradient_checkpointing:  # non-reentrant: exact gradients for frozen inputs, RNG replayed
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    # The optimizer steps float32 weights (adapters are float32 already); they go back after training
+    lowered = [(p, p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32 and resolved(args.precision) != "fp32"]
+    for p, _ in lowered:
+        p.data = p.data.float()
     # AdamW over the trainable parameters unless the method needs its own (LoRA+ groups, ...)
     optimizer = adapters.make_optimizer(model, method, args.lr, args.weight_decay, hparams)
     schedule = make_schedule(optimizer, args, steps)
-    config = {
-        "train_micro_batch_size_per_gpu": args.micro_batch_size,
-        "gradient_accumulation_steps": args.grad_accum,
-        "gradient_clipping": args.grad_clip,
-        "zero_optimization": {"stage": args.zero_stage},
-        "zero_allow_untested_optimizer": True,  # plain torch AdamW: the same optimizer on CPU and GPU
-        "steps_per_print": 10**9,
-    }
+    config = deepspeed_config(args, sum(p.numel() for p in model.parameters() if p.requires_grad))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     engine.train()
 
@@ -160,7 +229,7 @@ def train(
     for step in range(start, steps):
         step_loss, step_tokens = 0.0, 0
         for micro in range(args.grad_accum):
-            batch = {k: v.to(engine.device) for k, v in collate(next(batches), tokenizer.pad_token_id).items()}
+            batch = {k: v.to(engine.device) for k, v in collate(next(batches), pad_id(tokenizer)).items()}
             loss = engine(**batch).loss
             engine.backward(loss)
             if micro == args.grad_accum - 1:  # the method's per-step work (AdaLoRA, DyLoRA, ElaLoRA)
@@ -182,8 +251,14 @@ def train(
             _save(engine, checkpoint_dir, step + 1, result)
     result.seconds = time.perf_counter() - started
     result.steps = steps
+    peak = torch.tensor([memory.peak_mb()], dtype=torch.float64, device=engine.device)
+    if world > 1:  # the cell's peak is its largest rank's
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    result.peak_mem_mb = peak.item()
     model = engine.module.eval()
     engine.destroy()
+    for p, dtype in lowered:  # (a head or bias trained in float32) back to the backbone's dtype
+        p.data = p.data.to(dtype)
     return model, result
 
 

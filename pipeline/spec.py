@@ -332,7 +332,7 @@ def _check_names(path: Path, sweep: Sweep) -> None:
 OWNED_DEEPSPEED = {
     "train_batch_size": "micro_batch_size and grad_accum", "train_micro_batch_size_per_gpu": "micro_batch_size",
     "gradient_accumulation_steps": "grad_accum", "gradient_clipping": "grad_clip", "optimizer": "the method's optimizer",
-    "scheduler": "lr_scheduler", "bf16.enabled": "precision", "fp16.enabled": "precision",
+    "scheduler": "lr_scheduler", "bf16": "precision", "fp16": "precision", "torch_autocast": "precision",
 }
 
 
@@ -357,8 +357,7 @@ def _check_train(path: Path, sweep: Sweep, backbone: BackboneSpec, method: Metho
     if stage == 3:
         key = "deepspeed" if "stage" in args.deepspeed.get("zero_optimization", {}) else "zero_stage"
         raise SpecError(f"{path}: {where(key)}: ZeRO stage 3 is not supported (evaluation, merge, diagnostics, saving and the adapters' ZeRO hooks need whole parameters); use 0, 1 or 2, with train.deepspeed offload for memory")
-    named = [*args.deepspeed] + [f"{k}.{sub}" for k, v in args.deepspeed.items() if isinstance(v, dict) for sub in v]
-    for key in named:
+    for key in args.deepspeed:
         if key in OWNED_DEEPSPEED:
             raise SpecError(f"{path}: {where('deepspeed')}.{key}: set by the sweep's {OWNED_DEEPSPEED[key]}, not in train.deepspeed")
 

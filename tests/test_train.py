@@ -87,14 +87,14 @@ def test_peak_memory_is_each_cells_own_in_a_reused_worker():
     """A reused Ray worker runs many cells: a big earlier cell must not set a later one's peak."""
     import torch
 
-    from jobs import cell
+    from jobs import cell, memory
 
     cell._reset_peak_memory()
     big = torch.ones(64, 2**20)  # 256 MiB, touched
-    first = cell._peak_memory_mb()
+    first = memory.peak_mb()
     del big
     cell._reset_peak_memory()
-    second = cell._peak_memory_mb()
+    second = memory.peak_mb()
     assert first - second > 200, (first, second)
 
 
