@@ -122,26 +122,39 @@ def metrics(name: str, gold, pred) -> dict[str, float]:
     return {m: float(compute[m]()) for m in TASKS[name].metrics}
 
 
-def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, limit: int | None, batch_size: int, max_len: int = 512) -> EvalResult:
-    """Scores on a seeded subset of `limit` validation items per task (the same subset every cell)."""
+def _logits(model, encoded: list[dict], pad: int, batch_size: int):
+    """The classifier's logits for `encoded` rows, `batch_size` rows at a time, on the CPU."""
     import torch
 
     from jobs.train import collate
 
-    model.eval()
     device = next(model.parameters()).device
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            batch = collate(encoded[start : start + batch_size], pad)
+            batch.pop("labels")
+            outputs.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+    return torch.cat(outputs)
+
+
+def evaluate(model, tokenizer, task_names: list[str], data_dir: Path | None, limit: int | None, batch_size: int | str, max_len: int = 512) -> EvalResult:
+    """Scores on a seeded subset of `limit` validation items per task (the same subset every cell).
+    `batch_size` "auto": all items at once, halved until it fits (accelerate's search, as lm-eval's auto)."""
+    from jobs.train import pad_id
+
+    model.eval()
     result = EvalResult({}, {}, {})
     for name in task_names:
         rows = docs(name, "validation", data_dir)
         ids = list(range(len(rows))) if limit is None or limit >= len(rows) else sorted(random.Random(0).sample(range(len(rows)), limit))
         encoded = tokenize([example(name, rows[i]) for i in ids], tokenizer, max_len)
-        outputs = []
-        with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
-                batch = collate(encoded[start : start + batch_size], tokenizer.pad_token_id)
-                batch.pop("labels")
-                outputs.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
-        logits = torch.cat(outputs)
+        if batch_size == "auto":
+            from accelerate.utils import find_executable_batch_size
+
+            logits = find_executable_batch_size(lambda size: _logits(model, encoded, pad_id(tokenizer), size), len(encoded))()
+        else:
+            logits = _logits(model, encoded, pad_id(tokenizer), batch_size)
         regression = TASKS[name].num_labels == 1
         pred = logits[:, 0].tolist() if regression else logits.argmax(-1).tolist()
         gold = [rows[i]["label"] for i in ids]

@@ -96,19 +96,30 @@ def tokenize(examples: list[tuple[str, str]], tokenizer, max_len: int) -> list[d
     """Token ids with the loss on the answer only, split as lm-eval splits context/continuation.
 
     The whole text is encoded once and the answer is what follows the context's own encoding
-    (lm-eval's `_encode_pair`), so token boundaries match what evaluation scores. Over-long
-    examples lose tokens from the left, never from the answer.
+    (lm-eval's `_encode_pair`), each encoded as HFLM encodes (`encode`), so tokens, special
+    tokens included, match what evaluation scores. Over-long examples lose tokens from the left,
+    never from the answer.
     """
     rows = []
     for context, continuation in examples:
         n_spaces = len(context) - len(context.rstrip())
         if n_spaces:  # lm-eval moves trailing context whitespace into the continuation
             context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
-        n_context = len(tokenizer(context, add_special_tokens=False).input_ids)
+        whole = encode(tokenizer, context + continuation)
+        n_context = len(encode(tokenizer, context))
         labels = [IGNORE] * n_context + whole[n_context:]
         rows.append({"input_ids": whole[-max_len:], "labels": labels[-max_len:]})
     return rows
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """`text`'s ids as lm-eval's HFLM encodes a request (`tok_encode`): with the tokenizer's own
+    special tokens (the BOS a Llama-3 tokenizer prepends; none for SmolLM2's), without them when
+    the text already starts with the prefix token HFLM conditions on (BOS, else EOS)."""
+    prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix_id is not None and text.startswith(tokenizer.decode(prefix_id)):
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(text)
 
 
 def eval_subset(task, limit: int | None, seed: int = 0) -> list[int] | None:
