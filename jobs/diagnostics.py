@@ -22,7 +22,7 @@ def record(model: torch.nn.Module, step: int, stage: str, curves_only: bool = Fa
     `curves_only` computes just the φ curves and shift maps (cheap) for the early/middle snapshots.
     """
     modules = []
-    for report in analysis.analyze(model, curves_only):
+    for report in analysis.analyze(model, curves_only, top=SPECTRUM_VALUES):
         entry: dict = {"module": report.name, "shape": list(report.shape)}
         if not curves_only:
             entry["stable_rank"] = report.stable_rank
