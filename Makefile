@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test test-fast lint venv clean
+.PHONY: bench test test-fast lint venv clean gpu-check
 
 venv: $(STAMP)
 
@@ -32,6 +32,13 @@ test-fast: lint
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# `make gpu-check`: on a GPU machine with torch, transformers and peft, install what the check
+# lists (from GPU_WHEELS, no index: the machine may have no network) and run it (README, On GPUs).
+GPU_WHEELS ?= wheels
+gpu-check:
+	$(PYTHON) -m pip install -q --no-index --find-links $(GPU_WHEELS) $$($(PYTHON) -m jobs.gpu_check --requirements)
+	$(PYTHON) -m jobs.gpu_check --out gpu-check.json
 
 clean:
 	rm -rf $(VENV) mlruns mlartifacts mlflow.db
