@@ -43,3 +43,15 @@ def test_a_scheduler_enters_the_run_key_only_when_it_is_not_the_default(write_sp
     cosine = _keys(write_spec(TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, lr_scheduler: cosine"), "cosine.yaml"))
     constant = _keys(write_spec(TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, lr_scheduler: constant"), "constant.yaml"))
     assert len(set(default) | set(cosine) | set(constant)) == 3 * len(default)
+
+
+def test_precision_auto_keeps_cpu_keys_and_gives_gpu_cells_their_own(write_spec):
+    """precision came later too: a CPU cell's auto is fp32, out of the key (named or not); a GPU
+    cell's auto is bf16, in it, so a finished CPU cell is never taken for the GPU one."""
+    default = _keys(write_spec(TINY_SWEEP))
+    assert _keys(write_spec(TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, precision: fp32"), "fp32.yaml")) == default
+    gpu = _keys(write_spec(TINY_SWEEP + "resources: {gpus: 1}\n", "gpu.yaml"))
+    assert not set(gpu) & set(default)
+    assert _keys(write_spec(TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, precision: fp32") + "resources: {gpus: 1}\n", "g32.yaml")) == default
+    memory = _keys(write_spec(TINY_SWEEP.replace("max_steps: 6", "max_steps: 6, gradient_checkpointing: true"), "gc.yaml"))
+    assert not set(memory) & set(default)
