@@ -47,7 +47,7 @@ def run_cells(
     The bar counts skipped (already finished) cells as done; its remaining time is the ETA.
     """
     # CPU cells reuse workers; a GPU cell gets a fresh process, which returns the device whole
-    reused, fresh = ray.remote(max_retries=0)(_run_cell), ray.remote(max_calls=1, max_retries=0)(_run_cell)
+    reused, fresh = ray.remote(max_retries=0)(run_cell), ray.remote(max_calls=1, max_retries=0)(run_cell)
     grouped = ray.remote(num_cpus=0, max_retries=0)(_run_ranks)
     queue, pending, groups, attempts, results = list(cells), {}, {}, Counter(), []
     limit = max_concurrent or len(cells)
@@ -104,11 +104,12 @@ def _next_fitting(queue: list[Cell], running) -> Cell | None:
     return None
 
 
-def _run_cell(*args) -> JobResult:
-    """`jobs.cell.run_cell`, imported where it runs: the driver never loads torch or DeepSpeed."""
-    from jobs.cell import run_cell
+def run_cell(*args) -> JobResult:
+    """`jobs.cell.run_cell`, imported where it runs: the driver never loads torch or DeepSpeed.
+    Same name, so a cell's worker is still `ray::run_cell` in `ray status` and the dashboard."""
+    from jobs import cell
 
-    return run_cell(*args)
+    return cell.run_cell(*args)
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -122,7 +123,7 @@ class _Rank:
 
     def run(self, env: dict[str, str], *args) -> JobResult:
         os.environ.update(env)
-        return _run_cell(*args)
+        return run_cell(*args)
 
 
 def _run_ranks(cell: Cell, group: PlacementGroup, tracking_uri: str, parent_run_id: str | None, checkpoint_dir: str | None) -> JobResult:

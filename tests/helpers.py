@@ -49,12 +49,12 @@ def local_ray_instance():
 
 
 def wait_for_checkpoint(directory: Path, proc: subprocess.Popen, timeout: float = 180) -> int:
-    """Block until `directory` holds a checkpoint; return its step."""
+    """Block until `directory` holds a whole checkpoint (its manifest written: jobs.train); return its step."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        latest = next(directory.glob("*/latest"), None)
-        if latest is not None and latest.read_text().strip():
-            return int(latest.read_text().strip().removeprefix("step"))
+        manifest = next(directory.glob("*/step*/sha256.json"), None)
+        if manifest is not None:
+            return int(manifest.parent.name.removeprefix("step"))
         assert proc.poll() is None, f"process ended (rc {proc.returncode}) before writing a checkpoint"
         time.sleep(0.02)
     raise TimeoutError(f"no checkpoint in {directory} after {timeout} s")
