@@ -73,3 +73,36 @@ def test_sweep_runs_logs_and_never_redoes_finished_cells(write_spec, tracking_ur
     assert main(["run", str(path), "--tracking-uri", tracking_uri]) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().err
     assert len(track.cell_runs(tracking_uri, "tiny", status=None)) == 2
+
+
+MIXED = """
+name: mixed
+backbones: [tiny-llama]
+methods:
+  - name: lora
+    hparams: {r: 4}
+  - name: lr_lora
+    hparams: {r: 4}
+  - name: peft
+    hparams: {peft_type: LOKR, r: 4}
+  - name: peft
+    hparams: {peft_type: OFT, r: 0, oft_block_size: 4}
+tasks: [arc_easy]
+regimes:
+  - name: cs-16
+    tasks: [arc_easy]
+    n_examples: 16
+seeds: [1]
+train: {lr: 1.0e-3, micro_batch_size: 4, max_steps: 3, max_seq_len: 96}
+eval: {limit: 16, batch_size: 8}
+"""
+
+
+def test_a_sweep_mixing_our_methods_and_any_peft_config_compares_them_in_one_table(write_spec, tracking_uri, local_ray, capsys):
+    assert main(["run", str(write_spec(MIXED)), "--tracking-uri", tracking_uri]) == 0
+    table = capsys.readouterr().out
+    rows = [line.split("|")[1].strip() for line in table.partition("## Average gain")[0].splitlines() if line.startswith("| ") and "Method" not in line]
+    assert sorted(row.split("(")[0] for row in rows) == ["lokr", "lora", "lr_lora", "oft"]  # with the hparams that differ
+    tested = table.partition("## Per-task tests against lora")[2]
+    assert all(f"| {row}" in tested for row in ("lr_lora", "lokr", "oft")) and "exact McNemar" in tested
+    assert len(track.cell_runs(tracking_uri, "mixed")) == 4
